@@ -1,0 +1,125 @@
+"""The `framegraph` command: validate, run and describe graphs."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from engine.errors import FramegraphError, GraphConfigError
+from engine.plan import GraphPlan, load_plan
+from engine.progress import report_progress
+from engine.runtime import RunOptions, Runtime
+from engine.spec import GraphSpec
+
+EXIT_INVALID = 2
+EXIT_FAILED = 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="framegraph", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    v = sub.add_parser("validate", help="check a graph file; exit 0, or print every error, exit 2")
+    v.add_argument("graph", type=Path)
+    v.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE")
+    r = sub.add_parser("run", help="run a graph until its sources end (or Ctrl-C)")
+    r.add_argument("graph", type=Path)
+    r.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="PATH=VALUE",
+        help="replace any graph value, e.g. sources.0.url=clip.mp4 (repeatable)",
+    )
+    r.add_argument("--max-frames", type=int, default=None, help="stop each stream after N frames")
+    r.add_argument("--output", type=Path, default=Path("out"), help="directory for sink outputs")
+    r.add_argument("--summary-json", type=Path, default=None, help="also write the summary here")
+    r.add_argument("--progress-interval-s", type=float, default=2.0, help="0 disables progress")
+    r.add_argument("--log-level", default="WARNING")
+    sub.add_parser("schema", help="print the JSON Schema of graph files (for editors)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "schema":
+        print(json.dumps(GraphSpec.model_json_schema(by_alias=True), indent=2))
+        return 0
+    try:
+        plan = load_plan(args.graph, args.overrides)
+    except GraphConfigError as e:
+        print(f"invalid graph:\n{e}", file=sys.stderr)
+        return EXIT_INVALID
+    if args.command == "validate":
+        print(f"{args.graph}: ok ({len(plan.sources)} sources, {len(plan.nodes)} nodes)")
+        return 0
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        summary = _run(plan, args)
+    except FramegraphError as e:
+        print(f"run failed: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    _print_summary(summary)
+    if args.summary_json:
+        args.summary_json.parent.mkdir(parents=True, exist_ok=True)
+        args.summary_json.write_text(json.dumps(summary, indent=2))
+    return 0
+
+
+def _run(plan: GraphPlan, args: argparse.Namespace) -> dict[str, Any]:
+    options = RunOptions(max_frames=args.max_frames, output_dir=args.output)
+
+    async def go() -> dict[str, Any]:
+        runtime = Runtime(plan, options)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, runtime.stop)
+        progress = None
+        if args.progress_interval_s > 0:
+            progress = asyncio.create_task(report_progress(runtime.metrics, args.progress_interval_s))
+        try:
+            return await runtime.run()
+        finally:
+            if progress:
+                progress.cancel()
+
+    result: dict[str, Any] = run_async(go())
+    return result
+
+
+def run_async(coro: Any) -> Any:
+    """Run a coroutine on uvloop when it is installed, else on asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    print(
+        f"graph {summary['graph']}: {summary['frames_out']} frames in {summary['duration_s']} s "
+        f"({summary['fps']} fps), latency ms {summary['latency_ms']}"
+    )
+    for sid, s in summary["streams"].items():
+        print(
+            f"  stream {sid}: in {s['frames_in']} out {s['frames_out']} dropped {s['dropped']} "
+            f"fps {s['fps']} latency ms {s['latency_ms']}"
+        )
+    for nid, n in summary["nodes"].items():
+        drops = f" dropped {n['dropped_by_reason']}" if n["dropped"] else ""
+        batch = f" mean batch {n['mean_batch']}" if "mean_batch" in n else ""
+        print(f"  node {nid}: in {n['in']} out {n['out']}{drops}{batch}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

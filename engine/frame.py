@@ -1,0 +1,151 @@
+"""The values that flow along graph edges: packets, frames, detections, stream controls."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float32]
+IntArray = npt.NDArray[np.int64]
+
+
+def now_ns() -> int:
+    """Wall-clock nanoseconds: the clock `capture_ns` and latencies use."""
+    return time.time_ns()
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    """What downstream operators need to know about a stream when it starts."""
+
+    stream_id: str
+    codec: str = "h264"
+    width: int = 0
+    height: int = 0
+    fps: float = 0.0
+    time_base: Fraction = Fraction(1, 90000)
+    extradata: bytes | None = None
+    url: str = ""  # always the redacted form: never holds a password
+
+
+class ControlKind(str, Enum):
+    """Lifecycle events that travel in-band, ordered with the stream's data."""
+
+    START = "start"
+    RESET = "reset"  # the source reconnected: decoders must start over, state may stay
+    END = "end"
+
+
+@dataclass(frozen=True)
+class Control:
+    """A stream lifecycle event. Never dropped by a queue policy."""
+
+    kind: ControlKind
+    stream_id: str
+    info: StreamInfo | None = None
+    reason: str = ""
+
+
+@dataclass(slots=True)
+class Packet:
+    """One compressed access unit of a stream, as demuxed by a source."""
+
+    stream_id: str
+    seq: int
+    pts: int | None
+    capture_ns: int
+    data: Any  # av.Packet (CPU demux) or bytes
+    keyframe: bool = False
+    trace: Any = None
+
+
+@dataclass(slots=True)
+class Detections:
+    """Columnar detections of one frame, in source-frame pixel coordinates."""
+
+    xyxy: FloatArray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+    score: FloatArray = field(default_factory=lambda: np.zeros((0,), np.float32))
+    class_id: IntArray = field(default_factory=lambda: np.zeros((0,), np.int64))
+    track_id: IntArray | None = None
+    landmarks: FloatArray | None = None  # (N, K, 2)
+    masks: Any = None  # (N, H, W) bool, or polygons per detection
+    degraded: bool = False  # True: the detector did not run; absence of boxes means nothing
+
+    def __len__(self) -> int:
+        return int(self.xyxy.shape[0])
+
+    @classmethod
+    def unavailable(cls) -> Detections:
+        """Detections of a frame the detector could not process (fail-closed consumers act)."""
+        return cls(degraded=True)
+
+    def filter(self, keep: npt.NDArray[np.bool_]) -> Detections:
+        """The subset where `keep` is True, every column kept aligned."""
+        return Detections(
+            xyxy=self.xyxy[keep],
+            score=self.score[keep],
+            class_id=self.class_id[keep],
+            track_id=None if self.track_id is None else self.track_id[keep],
+            landmarks=None if self.landmarks is None else self.landmarks[keep],
+            masks=None if self.masks is None else self.masks[keep],
+            degraded=self.degraded,
+        )
+
+
+@dataclass(slots=True)
+class Letterbox:
+    """How a model input was made from a frame, so boxes can be mapped back."""
+
+    scale: float
+    pad_x: float
+    pad_y: float
+    src_width: int
+    src_height: int
+
+    def to_source(self, xyxy: FloatArray) -> FloatArray:
+        """Map model-input coordinates back to source-frame pixels, clipped to the frame."""
+        out = xyxy.astype(np.float32, copy=True)
+        out[:, [0, 2]] = (out[:, [0, 2]] - self.pad_x) / self.scale
+        out[:, [1, 3]] = (out[:, [1, 3]] - self.pad_y) / self.scale
+        np.clip(out[:, [0, 2]], 0, self.src_width, out=out[:, [0, 2]])
+        np.clip(out[:, [1, 3]], 0, self.src_height, out=out[:, [1, 3]])
+        return out
+
+
+@dataclass(slots=True)
+class Frame:
+    """One decoded picture of a stream, and everything operators attach to it."""
+
+    stream_id: str
+    seq: int
+    pts: int | None
+    capture_ns: int
+    image: Any  # numpy HWC uint8 on CPU; a CUDA tensor on the GPU path
+    pixel_format: str = "rgb24"
+    tensor: Any = None  # model input made by preprocess (CHW float)
+    letterbox: Letterbox | None = None
+    detections: Detections | None = None
+    degraded: set[str] = field(default_factory=set)  # reasons this frame is incomplete
+    meta: dict[str, Any] = field(default_factory=dict)
+    trace: Any = None
+
+    @property
+    def height(self) -> int:
+        return int(self.image.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.image.shape[1])
+
+
+Item = Packet | Frame
+"""What operators process."""
+
+Message = Packet | Frame | Control
+"""What travels on an edge."""

@@ -1,0 +1,159 @@
+"""Counters and latency figures per node and per stream, for progress lines and summaries."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+_MAX_SAMPLES = 50_000
+
+
+class LatencySamples:
+    """Latency samples in ms, reservoir-sampled beyond a cap so memory stays bounded."""
+
+    def __init__(self, cap: int = _MAX_SAMPLES) -> None:
+        self.cap = cap
+        self.count = 0
+        self.samples: list[float] = []
+        self.recent: list[float] = []  # since the last progress line
+        self._rng = random.Random(0)
+
+    def add(self, value_ms: float) -> None:
+        self.count += 1
+        self.recent.append(value_ms)
+        if len(self.recent) > 4096:
+            del self.recent[:2048]
+        if len(self.samples) < self.cap:
+            self.samples.append(value_ms)
+        else:
+            slot = self._rng.randrange(self.count)
+            if slot < self.cap:
+                self.samples[slot] = value_ms
+
+    def percentiles(self, values: list[float] | None = None) -> dict[str, float | None]:
+        data = self.samples if values is None else values
+        if not data:
+            return {"p50": None, "p95": None, "p99": None}
+        p = np.percentile(np.asarray(data), [50, 95, 99])
+        return {"p50": round(float(p[0]), 2), "p95": round(float(p[1]), 2), "p99": round(float(p[2]), 2)}
+
+    def take_recent(self) -> list[float]:
+        out, self.recent = self.recent, []
+        return out
+
+
+@dataclass
+class NodeMetrics:
+    """What one node (or source) did: items in and out, drops by stream and reason."""
+
+    node_id: str
+    items_in: int = 0
+    items_out: int = 0
+    errors: int = 0
+    busy_s: float = 0.0
+    dropped: Counter[tuple[str, str]] = field(default_factory=Counter)
+    batches: Counter[int] = field(default_factory=Counter)  # batch size -> count
+    events: Counter[str] = field(default_factory=Counter)  # named counters (reconnects, ...)
+
+    def drop(self, stream_id: str, reason: str, n: int = 1) -> None:
+        self.dropped[(stream_id, reason)] += n
+
+    def to_dict(self) -> dict[str, Any]:
+        by_reason: Counter[str] = Counter()
+        by_stream: dict[str, dict[str, int]] = {}
+        for (stream, reason), n in sorted(self.dropped.items()):
+            by_reason[reason] += n
+            by_stream.setdefault(stream, {})[reason] = n
+        out: dict[str, Any] = {
+            "in": self.items_in,
+            "out": self.items_out,
+            "dropped": sum(self.dropped.values()),
+            "dropped_by_reason": dict(by_reason),
+            "dropped_by_stream": by_stream,
+            "errors": self.errors,
+            "busy_s": round(self.busy_s, 3),
+        }
+        if self.batches:
+            total = sum(self.batches.values())
+            out["batches"] = total
+            out["mean_batch"] = round(sum(k * v for k, v in self.batches.items()) / total, 2)
+        if self.events:
+            out["events"] = dict(self.events)
+        return out
+
+
+@dataclass
+class StreamMetrics:
+    """End-to-end figures of one stream: frames at the source and at the graph's ends."""
+
+    stream_id: str
+    frames_in: int = 0
+    frames_out: int = 0
+    first_out_s: float | None = None
+    last_out_s: float | None = None
+    latency: LatencySamples = field(default_factory=LatencySamples)
+    _window_out: int = 0
+
+    def finished(self, latency_ms: float) -> None:
+        now = time.monotonic()
+        self.frames_out += 1
+        self._window_out += 1
+        self.first_out_s = self.first_out_s or now
+        self.last_out_s = now
+        self.latency.add(latency_ms)
+
+    def fps(self) -> float:
+        if self.first_out_s is None or self.last_out_s is None or self.frames_out < 2:
+            return 0.0
+        span = self.last_out_s - self.first_out_s
+        return (self.frames_out - 1) / span if span > 0 else 0.0
+
+    def take_window(self) -> int:
+        n, self._window_out = self._window_out, 0
+        return n
+
+
+class Metrics:
+    """All counters of one run."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[str, NodeMetrics] = {}
+        self.streams: dict[str, StreamMetrics] = {}
+        self.started_s = time.monotonic()
+
+    def node(self, node_id: str) -> NodeMetrics:
+        return self.nodes.setdefault(node_id, NodeMetrics(node_id))
+
+    def stream(self, stream_id: str) -> StreamMetrics:
+        return self.streams.setdefault(stream_id, StreamMetrics(stream_id))
+
+    def dropped_for(self, stream_id: str) -> int:
+        return sum(n for m in self.nodes.values() for (s, _), n in m.dropped.items() if s == stream_id)
+
+    def summary(self, graph_name: str) -> dict[str, Any]:
+        duration = time.monotonic() - self.started_s
+        streams = {}
+        for sid, s in sorted(self.streams.items()):
+            streams[sid] = {
+                "frames_in": s.frames_in,
+                "frames_out": s.frames_out,
+                "dropped": self.dropped_for(sid),
+                "fps": round(s.fps(), 2),
+                "latency_ms": s.latency.percentiles(),
+            }
+        all_latency = [v for s in self.streams.values() for v in s.latency.samples]
+        total_out = sum(s.frames_out for s in self.streams.values())
+        return {
+            "graph": graph_name,
+            "duration_s": round(duration, 3),
+            "frames_out": total_out,
+            "fps": round(total_out / duration, 2) if duration > 0 else 0.0,
+            "latency_ms": LatencySamples().percentiles(all_latency),
+            "streams": streams,
+            "nodes": {nid: m.to_dict() for nid, m in self.nodes.items()},
+        }

@@ -1,0 +1,142 @@
+"""Operator base classes and the registry that maps `op:` names to them (imported lazily)."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+
+from pydantic import BaseModel
+
+from engine.frame import Item, Message, StreamInfo
+from engine.spec import StrictModel
+
+if TYPE_CHECKING:
+    from engine.metrics import NodeMetrics
+
+ConfigT = TypeVar("ConfigT", bound=BaseModel)
+
+
+class EmptyConfig(StrictModel):
+    """For operators without options."""
+
+
+@dataclass
+class OperatorContext:
+    """What the runtime gives an operator: its identity, metrics, and helpers."""
+
+    node_id: str
+    metrics: NodeMetrics
+    device: str = "cpu"
+    output_dir: Path = field(default_factory=lambda: Path("out"))
+    graph_name: str = ""
+
+    async def run_blocking(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run blocking work (decode, numpy) in a thread, keeping the event loop free."""
+        return await asyncio.to_thread(fn, *args)
+
+
+class Operator(Generic[ConfigT]):
+    """A graph node. Subclasses set `Config` and implement `process` (or `process_batch`)."""
+
+    Config: ClassVar[type[BaseModel]] = EmptyConfig
+    batching: ClassVar[bool] = False  # True: the runtime hands lists across streams
+
+    def __init__(self, config: ConfigT, ctx: OperatorContext) -> None:
+        self.config = config
+        self.ctx = ctx
+
+    async def setup(self) -> None:
+        """Acquire resources (connections, models) before frames flow."""
+
+    async def teardown(self) -> None:
+        """Release resources after the last frame."""
+
+    async def on_stream_start(self, info: StreamInfo) -> None:
+        """Create per-stream state."""
+
+    async def on_stream_reset(self, info: StreamInfo) -> Sequence[Item]:
+        """The source reconnected; decoders start over. May emit flushed items."""
+        return ()
+
+    async def on_stream_end(self, stream_id: str) -> Sequence[Item]:
+        """Release per-stream state; may emit items still held (a decoder's tail)."""
+        return ()
+
+    async def process(self, item: Item) -> Sequence[Item]:
+        """Handle one item; return zero or more items for downstream."""
+        raise NotImplementedError
+
+    async def process_batch(self, items: list[Item]) -> Sequence[Item]:
+        """Handle a cross-stream batch (batching operators)."""
+        out: list[Item] = []
+        for item in items:
+            out.extend(await self.process(item))
+        return out
+
+
+Emit = Callable[[Message], Awaitable[None]]
+
+
+@dataclass
+class SourceContext:
+    """What the runtime gives a source: its stream id, limits and the stop signal."""
+
+    stream_id: str
+    url: str
+    metrics: NodeMetrics
+    stop: asyncio.Event
+    max_frames: int | None = None
+
+
+class Source(Generic[ConfigT]):
+    """Produces one stream's messages (Control START, packets or frames, Control END)."""
+
+    Config: ClassVar[type[BaseModel]] = EmptyConfig
+
+    def __init__(self, config: ConfigT, ctx: SourceContext) -> None:
+        self.config = config
+        self.ctx = ctx
+
+    async def run(self, emit: Emit) -> None:
+        """Emit the stream until it ends or `ctx.stop` is set; emit Control END last."""
+        raise NotImplementedError
+
+
+_BUILTIN: dict[str, str] = {
+    "source.file": "operators.sources:FileSource",
+    "source.rtsp": "operators.sources:RtspSource",
+    "decode.pyav": "operators.decode:PyAVDecode",
+    "preprocess.cpu": "operators.preprocess:CpuPreprocess",
+    "sink.jsonl": "operators.sinks:JsonlSink",
+    "sink.null": "operators.sinks:NullSink",
+}
+_registered: dict[str, type[Any]] = {}
+
+
+def register(name: str) -> Callable[[type[Any]], type[Any]]:
+    """Register an operator class under a dotted name (plugins, tests)."""
+
+    def wrap(cls: type[Any]) -> type[Any]:
+        _registered[name] = cls
+        return cls
+
+    return wrap
+
+
+def known_names() -> list[str]:
+    return sorted({*_BUILTIN, *_registered})
+
+
+def resolve(name: str) -> type[Any]:
+    """The class registered as `name`; KeyError if unknown, ImportError if its module fails."""
+    if name in _registered:
+        return _registered[name]
+    target = _BUILTIN[name]
+    module_name, class_name = target.split(":")
+    cls: type[Any] = getattr(importlib.import_module(module_name), class_name)
+    _registered[name] = cls
+    return cls

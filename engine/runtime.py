@@ -1,0 +1,275 @@
+"""The async runtime: runs a validated graph, one task per source and per node lane."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import zlib
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.errors import OperatorError
+from engine.frame import Control, ControlKind, Frame, Item, Message, Packet, now_ns
+from engine.metrics import Metrics, NodeMetrics
+from engine.plan import GraphPlan, NodePlan, SourcePlan
+from engine.queues import EdgeQueue, Inbox
+from engine.registry import Operator, OperatorContext, Source, SourceContext
+
+log = logging.getLogger("framegraph.runtime")
+_ERRORS_LOGGED_PER_NODE = 5
+
+
+@dataclass
+class RunOptions:
+    """How to run a plan: limits and where outputs go."""
+
+    max_frames: int | None = None  # per stream
+    output_dir: Path = field(default_factory=lambda: Path("out"))
+    device: str = "cpu"
+    threads: int = 64  # blocking work (decode, numpy) runs here
+
+
+class _Node:
+    """Runtime state of one node: operator, inbox, output edges, open streams."""
+
+    def __init__(self, plan: NodePlan, op: Operator[Any], metrics: NodeMetrics) -> None:
+        self.plan = plan
+        self.op = op
+        self.metrics = metrics
+        self.inbox = Inbox()
+        self.outputs: list[EdgeQueue] = []
+        self.open_streams: dict[str, int] = {}
+        self.primary_terminal = False
+        self.errors_logged = 0
+
+    @property
+    def id(self) -> str:
+        return self.plan.spec.id
+
+
+class Runtime:
+    """Runs one graph to completion (sources ended or stop requested)."""
+
+    def __init__(self, plan: GraphPlan, options: RunOptions | None = None) -> None:
+        self.plan = plan
+        self.options = options or RunOptions()
+        self.metrics = Metrics()
+        self.stop_event = asyncio.Event()
+        self._nodes: dict[str, _Node] = {}
+        self._source_outputs: dict[str, list[EdgeQueue]] = {}
+        self._sources: list[Source[Any]] = []
+
+    def stop(self) -> None:
+        """Ask sources to end; the graph drains and `run` returns."""
+        self.stop_event.set()
+
+    async def run(self) -> dict[str, Any]:
+        """Set up every operator, run all streams through, tear down; return the summary."""
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(ThreadPoolExecutor(self.options.threads, "framegraph"))
+        self.metrics.started_s = time.monotonic()
+        self._build()
+        started: list[_Node] = []
+        try:
+            for node in self._nodes.values():
+                await node.op.setup()
+                started.append(node)
+        except Exception:
+            for node in reversed(started):
+                await node.op.teardown()
+            raise
+        tasks = [asyncio.create_task(self._run_node(n), name=n.id) for n in self._nodes.values()]
+        tasks += [
+            asyncio.create_task(self._run_source(s, src), name=s.ctx.stream_id)
+            for s, src in zip(self._sources, self.plan.sources, strict=True)
+        ]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        return self.metrics.summary(self.plan.spec.name)
+
+    def _build(self) -> None:
+        opts = self.options
+        for np_ in self.plan.nodes:
+            m = self.metrics.node(np_.spec.id)
+            ctx = OperatorContext(np_.spec.id, m, opts.device, opts.output_dir, self.plan.spec.name)
+            self._nodes[np_.spec.id] = _Node(np_, np_.cls(np_.config, ctx), m)
+        for sp in self.plan.sources:
+            sid = sp.spec.id
+            ctx_s = SourceContext(sid, sp.spec.url, self.metrics.node(sid), self.stop_event, opts.max_frames)
+            self._sources.append(sp.cls(sp.config, ctx_s))
+            self._source_outputs[sid] = []
+            self.metrics.stream(sid)
+        for edge in self.plan.edges:
+            dst = self._nodes[edge.dst]
+            q = EdgeQueue(edge.src, edge.dst, edge.queue, dst.inbox, dst.metrics)
+            if edge.src in self._nodes:
+                self._nodes[edge.src].outputs.append(q)
+            else:
+                self._source_outputs[edge.src].append(q)
+        terminals = [n for n in self._nodes.values() if not n.outputs]
+        terminals[-1].primary_terminal = True
+
+    async def _run_source(self, source: Source[Any], plan: SourcePlan) -> None:
+        outputs = self._source_outputs[plan.spec.id]
+        stream = self.metrics.stream(plan.spec.id)
+        sent_end = False
+
+        async def emit(msg: Message) -> None:
+            nonlocal sent_end
+            if isinstance(msg, Control):
+                sent_end = sent_end or msg.kind is ControlKind.END
+            else:
+                stream.frames_in += 1
+                source.ctx.metrics.items_out += 1
+            for q in outputs:
+                await q.put(msg)
+
+        try:
+            await source.run(emit)
+        except Exception as e:
+            log.error("source %s failed: %s", plan.spec.id, e)
+            source.ctx.metrics.errors += 1
+        finally:
+            if not sent_end:
+                for q in outputs:
+                    await q.put(Control(ControlKind.END, plan.spec.id, reason="source stopped"))
+            for q in outputs:
+                q.close()
+
+    async def _run_node(self, node: _Node) -> None:
+        try:
+            spec = node.plan.spec
+            if node.op.batching:
+                await self._batch_loop(node)
+            elif spec.workers > 1:
+                await self._lane_loop(node, spec.workers)
+            else:
+                while (msg := await node.inbox.get()) is not None:
+                    await self._handle(node, msg)
+        finally:
+            try:
+                await node.op.teardown()
+            finally:
+                for q in node.outputs:
+                    q.close()
+
+    async def _lane_loop(self, node: _Node, workers: int) -> None:
+        lanes: list[asyncio.Queue[Message | None]] = [asyncio.Queue(2) for _ in range(workers)]
+
+        async def lane(q: asyncio.Queue[Message | None]) -> None:
+            while (msg := await q.get()) is not None:
+                await self._handle(node, msg)
+
+        tasks = [asyncio.create_task(lane(q)) for q in lanes]
+        try:
+            while (msg := await node.inbox.get()) is not None:
+                await lanes[zlib.crc32(msg.stream_id.encode()) % workers].put(msg)
+            for q in lanes:
+                await q.put(None)
+            await asyncio.gather(*tasks)
+        finally:
+            for t in tasks:
+                t.cancel()
+
+    async def _batch_loop(self, node: _Node) -> None:
+        batch_spec = node.plan.spec.batch
+        max_batch = batch_spec.max_batch if batch_spec else 1
+        delay_s = (batch_spec.max_delay_ms if batch_spec else 0.0) / 1000
+        loop = asyncio.get_running_loop()
+        while (first := await node.inbox.get()) is not None:
+            if isinstance(first, Control):
+                await self._control(node, first)
+                continue
+            batch: list[Item] = [first]
+            deadline = loop.time() + delay_s
+            pending: Control | None = None
+            while len(batch) < max_batch:
+                msg = await node.inbox.get(timeout_s=max(0.0, deadline - loop.time()))
+                if msg is None:
+                    break
+                if isinstance(msg, Control):
+                    pending = msg  # a stream boundary closes the batch: order is kept
+                    break
+                batch.append(msg)
+            await self._process(node, batch)
+            if pending is not None:
+                await self._control(node, pending)
+
+    async def _handle(self, node: _Node, msg: Message) -> None:
+        if isinstance(msg, Control):
+            await self._control(node, msg)
+        else:
+            await self._process(node, [msg])
+
+    async def _process(self, node: _Node, items: list[Item]) -> None:
+        node.metrics.items_in += len(items)
+        if node.op.batching:
+            node.metrics.batches[len(items)] += 1
+        started = time.perf_counter()
+        try:
+            if node.op.batching:
+                out = await node.op.process_batch(items)
+            else:
+                out = await node.op.process(items[0])
+        except Exception as e:
+            self._failed(node, items, e)
+            return
+        finally:
+            node.metrics.busy_s += time.perf_counter() - started
+        await self._emit(node, out)
+
+    def _failed(self, node: _Node, items: list[Item], e: Exception) -> None:
+        node.metrics.errors += 1
+        reason = f"error:{type(e).__name__}"
+        for item in items:
+            node.metrics.drop(item.stream_id, reason)
+        if node.errors_logged < _ERRORS_LOGGED_PER_NODE:
+            node.errors_logged += 1
+            log.warning("node %s dropped %d item(s): %s: %s", node.id, len(items), reason, e)
+
+    async def _emit(self, node: _Node, out: Sequence[Item]) -> None:
+        node.metrics.items_out += len(out)
+        if not node.outputs:
+            if node.primary_terminal:
+                t = now_ns()
+                for item in out:
+                    if isinstance(item, Frame | Packet):
+                        self.metrics.stream(item.stream_id).finished((t - item.capture_ns) / 1e6)
+            return
+        for item in out:
+            for q in node.outputs:
+                await q.put(item)
+
+    async def _control(self, node: _Node, msg: Control) -> None:
+        sid = msg.stream_id
+        op = node.op
+        try:
+            if msg.kind is ControlKind.START:
+                node.open_streams[sid] = node.open_streams.get(sid, 0) + 1
+                if node.open_streams[sid] > 1:
+                    return  # the same stream arriving on a second input edge
+                if msg.info is None:
+                    raise OperatorError(f"stream {sid} started without stream info")
+                await op.on_stream_start(msg.info)
+            elif msg.kind is ControlKind.RESET and msg.info is not None:
+                await self._emit(node, await op.on_stream_reset(msg.info))
+            elif msg.kind is ControlKind.END:
+                left = node.open_streams.get(sid, 1) - 1
+                if left > 0:
+                    node.open_streams[sid] = left
+                    return
+                node.open_streams.pop(sid, None)
+                await self._emit(node, await op.on_stream_end(sid))
+        except Exception as e:
+            node.metrics.errors += 1
+            log.error("node %s: stream %s %s hook failed: %s", node.id, sid, msg.kind.value, e)
+        for q in node.outputs:
+            await q.put(msg)

@@ -1,0 +1,158 @@
+"""YAML loading that remembers where every value came from (file:line or --set)."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from engine.errors import ConfigIssue, GraphConfigError
+
+PathKey = tuple[str | int, ...]
+_ENV_RE = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)(?:,([^}]*))?\}")
+
+
+def dotted(path: PathKey) -> str:
+    """The `--set` spelling of a path: ('nodes', 2, 'config') -> 'nodes.2.config'."""
+    return ".".join(str(p) for p in path)
+
+
+@dataclass
+class SourcedDoc:
+    """A parsed YAML document plus the origin of each value, for precise error messages."""
+
+    data: Any
+    origins: dict[PathKey, str] = field(default_factory=dict)
+    name: str = "<graph>"
+
+    def origin_of(self, path: PathKey) -> str:
+        """Origin of the value at `path`, or of its nearest existing parent."""
+        for cut in range(len(path), -1, -1):
+            found = self.origins.get(tuple(path[:cut]))
+            if found is not None:
+                return found
+        return self.name
+
+    def issue(self, path: PathKey, reason: str) -> ConfigIssue:
+        return ConfigIssue(self.origin_of(path), dotted(path), reason)
+
+
+def load_text(text: str, name: str) -> SourcedDoc:
+    """Parse YAML text, rejecting duplicate keys, and interpolate `${env:VAR,default}`."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        origin = f"{name}:{mark.line + 1}" if mark is not None else name
+        problem = getattr(e, "problem", None) or str(e)
+        raise GraphConfigError([ConfigIssue(origin, "", f"invalid YAML: {problem}")]) from e
+    if root is None:
+        raise GraphConfigError([ConfigIssue(name, "", "the file is empty")])
+    doc = SourcedDoc(data=None, name=name)
+    issues: list[ConfigIssue] = []
+    doc.data = _build(root, (), doc, issues)
+    if issues:
+        raise GraphConfigError(issues)
+    return doc
+
+
+def load_file(path: str | Path) -> SourcedDoc:
+    """Read and parse a graph file; a missing file is a GraphConfigError too."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise GraphConfigError([ConfigIssue(str(p), "", f"cannot read file: {e.strerror}")]) from e
+    return load_text(text, str(p))
+
+
+def _build(node: yaml.Node, path: PathKey, doc: SourcedDoc, issues: list[ConfigIssue]) -> Any:
+    doc.origins[path] = f"{doc.name}:{node.start_mark.line + 1}"
+    if isinstance(node, yaml.MappingNode):
+        out: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            key = yaml.safe_load(yaml.serialize(key_node))
+            if not isinstance(key, str):
+                issues.append(doc.issue(path, f"keys must be strings, got {key!r}"))
+                continue
+            if key in out:
+                line = key_node.start_mark.line + 1
+                issues.append(ConfigIssue(f"{doc.name}:{line}", dotted((*path, key)), "duplicate key"))
+                continue
+            out[key] = _build(value_node, (*path, key), doc, issues)
+            doc.origins[(*path, key)] = f"{doc.name}:{key_node.start_mark.line + 1}"
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_build(v, (*path, i), doc, issues) for i, v in enumerate(node.value)]
+    value = yaml.safe_load(yaml.serialize(node))
+    if isinstance(value, str) and "${" in value:
+        try:
+            return interpolate(value)
+        except KeyError as e:
+            issues.append(doc.issue(path, f"environment variable {e.args[0]} is not set"))
+    return value
+
+
+def interpolate(value: str) -> str:
+    """Replace `${env:VAR}` and `${env:VAR,default}`; KeyError names a missing VAR."""
+
+    def sub(m: re.Match[str]) -> str:
+        var, default = m.group(1), m.group(2)
+        if var in os.environ:
+            return os.environ[var]
+        if default is not None:
+            return default
+        raise KeyError(var)
+
+    return _ENV_RE.sub(sub, value)
+
+
+def apply_override(doc: SourcedDoc, assignment: str) -> None:
+    """Apply one `--set dotted.path=value`; list items with an `id` may be named by it."""
+    origin = f"--set {assignment.split('=', 1)[0]}"
+    if "=" not in assignment:
+        raise GraphConfigError([ConfigIssue(origin, "", "expected dotted.path=value")])
+    raw_path, raw_value = assignment.split("=", 1)
+    parts = [p for p in raw_path.strip().split(".") if p]
+    if not parts:
+        raise GraphConfigError([ConfigIssue(origin, "", "empty path")])
+    value = yaml.safe_load(raw_value) if raw_value.strip() else ""
+    node = doc.data
+    path: list[str | int] = []
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        key: str | int
+        if isinstance(node, list):
+            key = _list_index(node, part, origin, dotted(tuple(path)))
+        elif isinstance(node, dict):
+            key = part
+            if not last and key not in node:
+                node[key] = {}
+        else:
+            reason = f"cannot set {part!r} inside a {type(node).__name__}"
+            raise GraphConfigError([ConfigIssue(origin, dotted(tuple(path)), reason)])
+        path.append(key)
+        if last:
+            node[key] = value
+        else:
+            node = node[key]
+    for known in [k for k in doc.origins if k[: len(path)] == tuple(path)]:
+        del doc.origins[known]
+    doc.origins[tuple(path)] = origin
+
+
+def _list_index(items: list[Any], part: str, origin: str, where: str) -> int:
+    if part.lstrip("-").isdigit():
+        index = int(part)
+        if not -len(items) <= index < len(items):
+            reason = f"index {index} out of range (the list has {len(items)} items)"
+            raise GraphConfigError([ConfigIssue(origin, where, reason)])
+        return index % len(items)
+    for index, item in enumerate(items):
+        if isinstance(item, dict) and item.get("id") == part:
+            return index
+    raise GraphConfigError([ConfigIssue(origin, where, f"no item with id {part!r}")])

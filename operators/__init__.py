@@ -1,0 +1,1 @@
+"""Operator families, one module each; registered by name in engine.registry."""

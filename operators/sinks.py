@@ -1,0 +1,99 @@
+"""Sinks: `sink.jsonl` (one JSON object per frame or per event) and `sink.null` (benchmarks)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Any, Literal
+
+from pydantic import Field
+
+from engine.frame import Frame, Item, Packet, now_ns
+from engine.registry import Operator
+from engine.spec import StrictModel
+
+
+class JsonlConfig(StrictModel):
+    """Options of `sink.jsonl`."""
+
+    path: str = Field(
+        "{graph}.jsonl", description="File name, relative to --output; {graph} is the graph name."
+    )
+    mode: Literal["frames", "events"] = Field(
+        "frames", description="frames: a summary per frame; events: only frames with detections."
+    )
+    flush_interval_s: float = Field(1.0, ge=0, description="How often buffered lines are flushed.")
+
+
+def frame_record(frame: Frame, graph: str) -> dict[str, Any]:
+    """The JSON-ready summary of a frame: ids, timing, detections, degradation."""
+    det = frame.detections
+    record: dict[str, Any] = {
+        "graph": graph,
+        "stream_id": frame.stream_id,
+        "seq": frame.seq,
+        "pts": frame.pts,
+        "capture_ns": frame.capture_ns,
+        "latency_ms": round((now_ns() - frame.capture_ns) / 1e6, 3),
+        "width": frame.width,
+        "height": frame.height,
+        "degraded": sorted(frame.degraded),
+    }
+    if det is not None:
+        record["detections"] = [
+            {
+                "xyxy": [round(float(v), 1) for v in det.xyxy[i]],
+                "score": round(float(det.score[i]), 4),
+                "class_id": int(det.class_id[i]),
+                **({"track_id": int(det.track_id[i])} if det.track_id is not None else {}),
+            }
+            for i in range(len(det))
+        ]
+    return record
+
+
+class JsonlSink(Operator[JsonlConfig]):
+    """Appends JSON lines to a file under the run's output directory; passes frames on."""
+
+    Config = JsonlConfig
+    _file: IO[str] | None = None
+    _last_flush_s: float = 0.0
+
+    @property
+    def path(self) -> Path:
+        return self.ctx.output_dir / self.config.path.format(graph=self.ctx.graph_name)
+
+    async def setup(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self.path.open("a", encoding="utf-8")
+
+    async def teardown(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    async def on_stream_end(self, stream_id: str) -> Sequence[Item]:
+        if self._file is not None:
+            self._file.flush()
+        return ()
+
+    async def process(self, item: Item) -> Sequence[Item]:
+        if isinstance(item, Frame) and self._file is not None:
+            if self.config.mode == "frames" or (item.detections is not None and len(item.detections)):
+                self._file.write(json.dumps(frame_record(item, self.ctx.graph_name)) + "\n")
+            now = time.monotonic()
+            if now - self._last_flush_s >= self.config.flush_interval_s:
+                self._file.flush()
+                self._last_flush_s = now
+        return (item,)
+
+
+class NullSink(Operator[Any]):
+    """Discards nothing and writes nothing: ends a graph for benchmarks (frames are counted)."""
+
+    async def process(self, item: Item) -> Sequence[Item]:
+        if not isinstance(item, Frame | Packet):
+            raise TypeError(f"sink.null takes frames or packets, got {type(item).__name__}")
+        return (item,)
