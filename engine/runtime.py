@@ -63,6 +63,10 @@ class Runtime:
         self._source_outputs: dict[str, list[EdgeQueue]] = {}
         self._sources: list[Source[Any]] = []
 
+    def operator(self, node_id: str) -> Operator[Any]:
+        """The operator instance of a node (after `run` has started); for tests and tools."""
+        return self._nodes[node_id].op
+
     def stop(self) -> None:
         """Ask sources to end; the graph drains and `run` returns."""
         self.stop_event.set()

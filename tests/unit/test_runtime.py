@@ -1,0 +1,181 @@
+"""The runtime: per-stream order, queue policies under a slow consumer, batching, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from engine.frame import Frame
+from engine.runtime import RunOptions, Runtime
+from engine.testing import CollectOperator, plan_from_yaml, run_graph
+
+
+def graph(sources: str, nodes: str) -> str:
+    return f"name: t\nsources:\n{sources}\nnodes:\n{nodes}\n"
+
+
+def synthetic(n_streams: int, frames: int, fps: float = 0) -> str:
+    return "\n".join(
+        f"  - {{id: s{i}, url: synthetic, op: test.synthetic, config: {{frames: {frames}, fps: {fps}}}}}"
+        for i in range(n_streams)
+    )
+
+
+def seqs_by_stream(op: CollectOperator) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for item in op.items:
+        out.setdefault(item.stream_id, []).append(item.seq)
+    return out
+
+
+async def test_order_per_stream_is_kept_across_parallel_lanes() -> None:
+    nodes = """\
+  - {id: work, op: test.slow, inputs: [sources], workers: 3, config: {delay_ms: 1}}
+  - {id: out, op: test.collect, inputs: [work], queue: {size: 64}}"""
+    runtime, summary = await run_graph(graph(synthetic(4, 50), nodes))
+    got = seqs_by_stream(runtime.operator("out"))  # type: ignore[arg-type]
+    assert got == {f"s{i}": list(range(50)) for i in range(4)}
+    assert summary["nodes"]["out"]["dropped"] == 0
+
+
+async def test_block_policy_loses_nothing_and_slows_the_producer() -> None:
+    nodes = """\
+  - {id: slow, op: test.slow, inputs: [sources], queue: {size: 2, policy: block}, config: {delay_ms: 5}}
+  - {id: out, op: test.collect, inputs: [slow]}"""
+    runtime, summary = await run_graph(graph(synthetic(1, 40), nodes))
+    assert seqs_by_stream(runtime.operator("out")) == {"s0": list(range(40))}  # type: ignore[arg-type]
+    assert summary["streams"]["s0"]["dropped"] == 0
+
+
+async def test_drop_oldest_keeps_the_freshest_and_counts_the_rest() -> None:
+    # 200 fps camera into a 20 fps consumer: the queue of 3 keeps the newest frames
+    nodes = """\
+  - {id: slow, op: test.slow, inputs: [sources], queue: {size: 3, policy: drop_oldest}, config: {delay_ms: 50}}
+  - {id: out, op: test.collect, inputs: [slow]}"""
+    runtime, summary = await run_graph(graph(synthetic(1, 60, fps=200), nodes))
+    seqs = seqs_by_stream(runtime.operator("out"))["s0"]  # type: ignore[arg-type]
+    dropped = summary["nodes"]["slow"]["dropped_by_reason"]["queue_full_drop_oldest"]
+    assert len(seqs) + dropped == 60
+    assert dropped > 30
+    assert seqs == sorted(seqs)
+    assert seqs[-1] == 59  # the newest frame always gets through
+    assert summary["streams"]["s0"]["dropped"] == dropped
+
+
+async def test_drop_newest_keeps_what_is_queued() -> None:
+    nodes = """\
+  - {id: slow, op: test.slow, inputs: [sources], queue: {size: 3, policy: drop_newest}, config: {delay_ms: 50}}
+  - {id: out, op: test.collect, inputs: [slow]}"""
+    runtime, summary = await run_graph(graph(synthetic(1, 60, fps=200), nodes))
+    seqs = seqs_by_stream(runtime.operator("out"))["s0"]  # type: ignore[arg-type]
+    dropped = summary["nodes"]["slow"]["dropped_by_reason"]["queue_full_drop_newest"]
+    assert len(seqs) + dropped == 60
+    assert seqs[:4] == [0, 1, 2, 3]  # the first frames were queued and kept
+    assert 59 not in seqs
+
+
+async def test_latency_budget_drops_frames_that_cannot_make_it() -> None:
+    nodes = """\
+  - {id: slow, op: test.slow, inputs: [sources], queue: {size: 100, policy: latency, budget_ms: 60},
+     config: {delay_ms: 20}}
+  - {id: out, op: test.collect, inputs: [slow]}"""
+    runtime, summary = await run_graph(graph(synthetic(1, 100, fps=200), nodes))
+    out: CollectOperator = runtime.operator("out")  # type: ignore[assignment]
+    reasons = summary["nodes"]["slow"]["dropped_by_reason"]
+    assert reasons["deadline"] > 20
+    assert len(out.items) + reasons["deadline"] == 100
+    # what got through was young when taken: budget + one processing time, with slack
+    assert summary["streams"]["s0"]["latency_ms"]["p99"] < 60 + 20 + 40
+
+
+async def test_batches_form_across_streams_within_size_and_delay_bounds() -> None:
+    nodes = """\
+  - {id: infer, op: test.collect, inputs: [sources], queue: {size: 64}, batch: {max_batch: 4, max_delay_ms: 20},
+     config: {delay_ms: 5}}"""
+    runtime, summary = await run_graph(graph(synthetic(4, 30, fps=60), nodes))
+    op: CollectOperator = runtime.operator("infer")  # type: ignore[assignment]
+    sizes = [len(b) for b in op.batches]
+    assert max(sizes) == 4
+    assert sum(sizes) == 120
+    mixed = [b for b in op.batches if len({i.stream_id for i in b}) > 1]
+    assert len(mixed) > len(op.batches) // 2  # batches span streams
+    assert summary["nodes"]["infer"]["mean_batch"] > 2
+
+
+async def test_a_lone_frame_waits_no_longer_than_max_delay() -> None:
+    nodes = """\
+  - {id: infer, op: test.collect, inputs: [sources], batch: {max_batch: 64, max_delay_ms: 30}}"""
+    runtime, summary = await run_graph(graph(synthetic(1, 5, fps=5), nodes))
+    op: CollectOperator = runtime.operator("infer")  # type: ignore[assignment]
+    assert [len(b) for b in op.batches] == [1] * 5
+    assert summary["streams"]["s0"]["latency_ms"]["p99"] < 30 + 25
+
+
+async def test_lifecycle_each_stream_starts_and_ends_once_then_teardown() -> None:
+    nodes = """\
+  - {id: a, op: test.slow, inputs: [sources], config: {delay_ms: 0}}
+  - {id: b, op: test.slow, inputs: [sources], config: {delay_ms: 0}}
+  - {id: join, op: test.collect, inputs: [a, b]}"""
+    runtime, _ = await run_graph(graph(synthetic(2, 3), nodes))
+    calls = runtime.operator("join").calls  # type: ignore[attr-defined]
+    assert sorted(c for c in calls if c[0] == "start") == [("start", "s0"), ("start", "s1")]
+    assert sorted(c for c in calls if c[0] == "end") == [("end", "s0"), ("end", "s1")]
+    assert calls[-1] == ("teardown", "")
+    assert len(runtime.operator("join").items) == 12  # type: ignore[attr-defined]
+
+
+async def test_stop_drains_and_shuts_down_cleanly() -> None:
+    nodes = """\
+  - {id: work, op: test.slow, inputs: [sources], config: {delay_ms: 1, blocking: true}}
+  - {id: out, op: test.collect, inputs: [work]}"""
+    runtime = Runtime(plan_from_yaml(graph(synthetic(2, 100_000, fps=100), nodes)), RunOptions())
+    task = asyncio.create_task(runtime.run())
+    await asyncio.sleep(0.5)
+    started = time.monotonic()
+    runtime.stop()
+    summary = await asyncio.wait_for(task, 5)
+    assert time.monotonic() - started < 2
+    out: CollectOperator = runtime.operator("out")  # type: ignore[assignment]
+    assert ("end", "s0") in out.calls and out.calls[-1] == ("teardown", "")
+    for sid in ("s0", "s1"):
+        s = summary["streams"][sid]
+        assert s["frames_in"] == s["frames_out"] > 10  # everything emitted arrived
+    assert not [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()]
+
+
+async def test_max_frames_limits_each_stream() -> None:
+    nodes = "  - {id: out, op: test.collect, inputs: [sources]}"
+    _, summary = await run_graph(graph(synthetic(3, 100), nodes), max_frames=7)
+    assert {s: v["frames_out"] for s, v in summary["streams"].items()} == {"s0": 7, "s1": 7, "s2": 7}
+
+
+async def test_operator_errors_are_counted_and_the_stream_goes_on() -> None:
+    nodes = """\
+  - {id: pre, op: preprocess.cpu, inputs: [sources], config: {width: 0}}"""
+    with pytest.raises(Exception, match="width"):
+        await run_graph(graph(synthetic(1, 3), nodes))
+    nodes = """\
+  - {id: dec, op: decode.pyav, inputs: [sources]}
+  - {id: out, op: test.collect, inputs: [dec]}"""
+    _, summary = await run_graph(graph(synthetic(1, 3), nodes))  # frames are not packets
+    assert summary["nodes"]["dec"]["dropped_by_reason"] == {"error:TypeError": 3}
+    assert summary["nodes"]["dec"]["errors"] == 3
+
+
+async def test_blocking_work_does_not_stall_the_event_loop() -> None:
+    nodes = "  - {id: work, op: test.slow, inputs: [sources], config: {delay_ms: 200, blocking: true}}"
+    runtime = Runtime(plan_from_yaml(graph(synthetic(1, 3), nodes)), RunOptions())
+    task = asyncio.create_task(runtime.run())
+    ticks = 0
+    while not task.done():
+        await asyncio.sleep(0.01)
+        ticks += 1
+    await task
+    assert ticks > 30  # the loop kept turning while each item slept 200 ms in a thread
+
+
+def test_frames_carry_their_stream() -> None:
+    f = Frame("s", 1, 1, 0, __import__("numpy").zeros((2, 3, 3), "uint8"))
+    assert (f.width, f.height) == (3, 2)

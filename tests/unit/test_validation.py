@@ -1,0 +1,175 @@
+"""Broken graphs are rejected before anything starts, each with its file, line and field."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from engine import yamlsource
+from engine.errors import GraphConfigError
+from engine.plan import build_plan
+
+GOOD = """\
+name: g
+sources:
+  - id: cam0
+    url: clip.mp4
+nodes:
+  - id: decode
+    op: decode.pyav
+    inputs: [sources]
+  - id: sink
+    op: sink.jsonl
+    inputs: [decode]
+"""
+
+
+def errors_of(text: str) -> list[str]:
+    with pytest.raises(GraphConfigError) as info:
+        build_plan(yamlsource.load_text(textwrap.dedent(text), "g.yaml"))
+    return [str(i) for i in info.value.issues]
+
+
+def test_good_graph_is_accepted() -> None:
+    plan = build_plan(yamlsource.load_text(GOOD, "g.yaml"))
+    assert [n.spec.id for n in plan.nodes] == ["decode", "sink"]
+    assert plan.sources[0].spec.resolved_op == "source.file"
+
+
+BROKEN = [
+    pytest.param(
+        GOOD.replace("op: decode.pyav", "op: decode.pyavv"),
+        "g.yaml:7: nodes.0.op: unknown operator 'decode.pyavv'; did you mean 'decode.pyav'?",
+        id="unknown-operator",
+    ),
+    pytest.param(
+        GOOD.replace("inputs: [decode]", "inputs: [decoder]"),
+        "g.yaml:11: nodes.1.inputs.0: input 'decoder' is not a node or source; did you mean 'decode'?",
+        id="missing-edge",
+    ),
+    pytest.param(
+        GOOD.replace("inputs: [sources]", "inputs: [sink]"),
+        "g.yaml:8: nodes.0.inputs: cycle among nodes decode, sink: a graph must be acyclic",
+        id="cycle",
+    ),
+    pytest.param(
+        GOOD.replace("  - id: sink", "  - id: decode"),
+        "g.yaml:9: nodes.1.id: duplicate id 'decode' (first used at nodes.0.id (g.yaml:6))",
+        id="duplicate-id",
+    ),
+    pytest.param(
+        GOOD.replace("    op: decode.pyav", "    op: decode.pyav\n    config: {threads: -1}"),
+        "g.yaml:8: nodes.0.config.threads: Input should be greater than or equal to 0",
+        id="bad-config-value",
+    ),
+    pytest.param(
+        GOOD.replace("    op: decode.pyav", "    op: decode.pyav\n    config:\n      thread: 2"),
+        "g.yaml:9: nodes.0.config.thread: unknown field",
+        id="unknown-config-key",
+    ),
+    pytest.param(
+        GOOD.replace("    op: sink.jsonl", "    op: sink.jsonl\n    colour: red"),
+        "g.yaml:11: nodes.1.colour: unknown field",
+        id="unknown-node-key",
+    ),
+    pytest.param(
+        GOOD.replace("    op: sink.jsonl", "    op: sink.jsonl\n    queue: {policy: latency}"),
+        "g.yaml:11: nodes.1.queue: Value error, policy 'latency' needs budget_ms",
+        id="latency-without-budget",
+    ),
+    pytest.param(
+        GOOD.replace("    op: sink.jsonl", "    op: sink.jsonl\n    queue: {size: 0}"),
+        "g.yaml:11: nodes.1.queue.size: Input should be greater than or equal to 1",
+        id="zero-queue",
+    ),
+    pytest.param(
+        GOOD.replace("    op: decode.pyav", "    op: decode.pyav\n    batch: {max_batch: 4}"),
+        "g.yaml:8: nodes.0.batch: operator 'decode.pyav' does not batch; remove 'batch'",
+        id="batch-on-non-batching-op",
+    ),
+    pytest.param(
+        GOOD.replace("    url: clip.mp4\n", ""), "g.yaml:3: sources.0.url: field required", id="missing-url"
+    ),
+    pytest.param(
+        GOOD.replace("    url: clip.mp4", "    url: clip.mp4\n    op: decode.pyav"),
+        "g.yaml:5: sources.0.op: 'decode.pyav' is not a source operator",
+        id="node-as-source",
+    ),
+    pytest.param(
+        GOOD.replace("name: g\n", "name: g\nname: h\n"),
+        "g.yaml:2: name: duplicate key",
+        id="duplicate-yaml-key",
+    ),
+    pytest.param(
+        GOOD.replace("inputs: [decode]", "inputs: [decode"),
+        "g.yaml:12: invalid YAML: expected ',' or ']', but got '<stream end>'",
+        id="yaml-syntax",
+    ),
+    pytest.param(
+        GOOD.replace("url: clip.mp4", "url: ${env:FG_TEST_SURELY_UNSET}"),
+        "g.yaml:4: sources.0.url: environment variable FG_TEST_SURELY_UNSET is not set",
+        id="env-missing",
+    ),
+    pytest.param(
+        GOOD.replace("  - id: decode", "  - id: 'bad id'"),
+        "g.yaml:6: nodes.0.id: String should match pattern '^[A-Za-z_][A-Za-z0-9_\\-]*$'",
+        id="bad-id",
+    ),
+    pytest.param(
+        "name: g\nsources: []\nnodes: []\n",
+        "g.yaml:2: sources: List should have at least 1 item after validation, not 0",
+        id="empty-sources",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), BROKEN)
+def test_broken_graph_reports_file_line_and_field(text: str, expected: str) -> None:
+    assert expected in errors_of(text)
+
+
+def test_every_issue_is_reported_at_once() -> None:
+    text = GOOD.replace("op: decode.pyav", "op: nope").replace("inputs: [decode]", "inputs: [ghost]")
+    found = errors_of(text)
+    assert any("unknown operator 'nope'" in e for e in found)
+    assert any("input 'ghost'" in e for e in found)
+
+
+def test_env_interpolation_uses_value_then_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    text = GOOD.replace("url: clip.mp4", "url: ${env:FG_CLIP,default.mp4}")
+    assert build_plan(yamlsource.load_text(text, "g")).sources[0].spec.url == "default.mp4"
+    monkeypatch.setenv("FG_CLIP", "rtsp://cam/1")
+    plan = build_plan(yamlsource.load_text(text, "g"))
+    assert plan.sources[0].spec.url == "rtsp://cam/1"
+    assert plan.sources[0].spec.resolved_op == "source.rtsp"
+
+
+def test_set_overrides_by_index_and_by_id() -> None:
+    doc = yamlsource.load_text(GOOD, "g.yaml")
+    yamlsource.apply_override(doc, "sources.0.url=other.mp4")
+    yamlsource.apply_override(doc, "nodes.decode.config.threads=2")
+    plan = build_plan(doc)
+    assert plan.sources[0].spec.url == "other.mp4"
+    assert plan.nodes[0].config.threads == 2  # type: ignore[attr-defined]
+
+
+def test_set_errors_name_the_override() -> None:
+    doc = yamlsource.load_text(GOOD, "g.yaml")
+    yamlsource.apply_override(doc, "nodes.decode.config.threads=many")
+    with pytest.raises(GraphConfigError) as info:
+        build_plan(doc)
+    assert str(info.value.issues[0]).startswith("--set nodes.decode.config.threads: nodes.0.config.threads:")
+    with pytest.raises(GraphConfigError, match="index 5 out of range"):
+        yamlsource.apply_override(doc, "sources.5.url=x")
+    with pytest.raises(GraphConfigError, match="no item with id 'cam9'"):
+        yamlsource.apply_override(doc, "sources.cam9.url=x")
+
+
+def test_rtsp_credentials_never_appear_in_errors() -> None:
+    text = GOOD.replace(
+        "url: clip.mp4", "url: rtsp://admin:hunter2@cam/1\n    config: {transport: carrier-pigeon}"
+    )
+    found = "\n".join(errors_of(text))
+    assert "transport" in found
+    assert "hunter2" not in found
