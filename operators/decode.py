@@ -29,6 +29,11 @@ class PyAVDecodeConfig(StrictModel):
             "adds none. Live cameras with many streams: slice (streams run in parallel lanes)."
         ),
     )
+    on_corrupt: Literal["drop", "keep"] = Field(
+        "drop",
+        description="A frame FFmpeg flags corrupt (concealed errors): drop and count it, or keep it "
+        "marked degraded ('corrupt').",
+    )
     width: int | None = Field(None, ge=16, description="Scale while converting (saves a resize).")
     height: int | None = Field(None, ge=16, description="Scale while converting.")
 
@@ -46,9 +51,10 @@ class _StreamDecoder:
         self.ctx.thread_count = cfg.threads
         self.pending: dict[int | None, tuple[int, Any]] = {}
         self.seq = 0
+        self.corrupt_packets = 0
 
     def decode(self, packet: Packet | None) -> tuple[list[Frame], int]:
-        """Frames the packet completes (None flushes) and how many packets were corrupt."""
+        """Frames the packet completes (None flushes) and how many were lost to corruption."""
         raw: Any = None
         if packet is not None:
             self.pending[packet.pts] = (packet.capture_ns, packet.trace)
@@ -57,29 +63,30 @@ class _StreamDecoder:
         try:
             frames = self.ctx.decode(raw)
         except (av.error.InvalidDataError, av.error.PatchWelcomeError, av.error.BugError) as e:
-            log.debug("%s: corrupt packet: %s", self.info.stream_id, e)
-            return [], 1
+            log.debug("%s: undecodable packet: %s", self.info.stream_id, e)
+            self.corrupt_packets += 1
+            return [], 0
         out = []
+        corrupt = 0
         for vf in frames:
+            if vf.is_corrupt:
+                corrupt += 1
+                if self.cfg.on_corrupt == "drop":
+                    self.pending.pop(vf.pts, None)
+                    continue
             fallback = (packet.capture_ns, packet.trace) if packet else (0, None)
             capture_ns, trace = self.pending.pop(vf.pts, fallback)
             image = vf.to_ndarray(format=self.cfg.pixel_format, width=self.cfg.width, height=self.cfg.height)
-            out.append(
-                Frame(
-                    self.info.stream_id,
-                    self.seq,
-                    vf.pts,
-                    capture_ns,
-                    image,
-                    pixel_format=self.cfg.pixel_format,
-                    trace=trace,
-                )
-            )
+            frame = Frame(self.info.stream_id, self.seq, vf.pts, capture_ns, image, self.cfg.pixel_format)
+            frame.trace = trace
+            if vf.is_corrupt:
+                frame.degraded.add("corrupt")
+            out.append(frame)
             self.seq += 1
         if len(self.pending) > 64:  # pts never matched (no pts on the stream): forget the oldest
             for key in list(self.pending)[:-32]:
                 del self.pending[key]
-        return out, 0
+        return out, corrupt
 
 
 class PyAVDecode(Operator[PyAVDecodeConfig]):
@@ -119,7 +126,12 @@ class PyAVDecode(Operator[PyAVDecodeConfig]):
             self.ctx.metrics.drop(item.stream_id, "no_stream_start")
             return ()
         frames: list[Frame]
+        before = decoder.corrupt_packets
         frames, corrupt = await self.ctx.run_blocking(decoder.decode, item)
-        if corrupt:
-            self.ctx.metrics.drop(item.stream_id, "corrupt_packet", corrupt)
+        if decoder.corrupt_packets != before:
+            self.ctx.metrics.drop(item.stream_id, "corrupt_packet")
+        if corrupt and self.config.on_corrupt == "drop":
+            self.ctx.metrics.drop(item.stream_id, "corrupt_frame", corrupt)
+        elif corrupt:
+            self.ctx.metrics.events["corrupt_frames_kept"] += corrupt
         return frames

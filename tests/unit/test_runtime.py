@@ -138,7 +138,8 @@ async def test_stop_drains_and_shuts_down_cleanly() -> None:
     summary = await asyncio.wait_for(task, 5)
     assert time.monotonic() - started < 2
     out: CollectOperator = runtime.operator("out")  # type: ignore[assignment]
-    assert ("end", "s0") in out.calls and out.calls[-1] == ("teardown", "")
+    assert ("end", "s0") in out.calls
+    assert out.calls[-1] == ("teardown", "")
     for sid in ("s0", "s1"):
         s = summary["streams"][sid]
         assert s["frames_in"] == s["frames_out"] > 10  # everything emitted arrived

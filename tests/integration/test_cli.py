@@ -1,0 +1,111 @@
+"""The `framegraph` command as a user runs it: validate, run with --set, summary JSON, schema."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def framegraph(
+    *args: str | Path, env_extra: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "engine.cli", *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_validate_accepts_every_shipped_graph() -> None:
+    for graph in sorted((ROOT / "graphs").glob("*.yaml")):
+        result = framegraph("validate", graph)
+        assert result.returncode == 0, f"{graph.name}: {result.stderr}"
+
+
+def test_validate_rejects_with_file_line_and_exit_2(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((ROOT / "graphs/decode_only.yaml").read_text().replace("op: sink.null", "op: sink.nul"))
+    result = framegraph("validate", bad)
+    assert result.returncode == 2
+    assert f"{bad}:13: nodes.1.op: unknown operator 'sink.nul'; did you mean 'sink.null'?" in result.stderr
+
+
+def test_run_with_set_writes_summary_json(clip_720p: Path, tmp_path: Path) -> None:
+    summary_path = tmp_path / "summary.json"
+    result = framegraph(
+        "run",
+        "graphs/frames_jsonl.yaml",
+        "--set",
+        f"sources.0.url={clip_720p}",
+        "--set",
+        "sources.cam0.config.realtime=false",
+        "--max-frames",
+        "20",
+        "--output",
+        tmp_path,
+        "--summary-json",
+        summary_path,
+        "--progress-interval-s",
+        "0",
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(summary_path.read_text())
+    assert summary["streams"]["cam0"]["frames_out"] == 20
+    assert set(summary["latency_ms"]) == {"p50", "p95", "p99"}
+    assert summary["nodes"]["decode"]["in"] == 20
+    lines = (tmp_path / "frames_jsonl.jsonl").read_text().splitlines()
+    assert [json.loads(line)["seq"] for line in lines] == list(range(20))
+    assert "stream cam0: in 20 out 20" in result.stdout
+
+
+def test_run_prints_progress_per_stream(clip_720p: Path, tmp_path: Path) -> None:
+    result = framegraph(
+        "run",
+        "graphs/frames_jsonl.yaml",
+        "--set",
+        f"sources.0.url={clip_720p}",
+        "--max-frames",
+        "45",
+        "--output",
+        tmp_path,
+        "--progress-interval-s",
+        "0.5",
+    )
+    assert result.returncode == 0, result.stderr
+    progress = [line for line in result.stderr.splitlines() if line.startswith("[cam0]")]
+    assert progress
+    assert "fps" in progress[0]
+    assert "dropped" in progress[0]
+
+
+def test_run_on_a_camera_password_never_leaks(tmp_path: Path) -> None:
+    result = framegraph(
+        "run",
+        "graphs/frames_jsonl.yaml",
+        "--set",
+        "sources.0.url=rtsp://admin:s3cret@127.0.0.1:1/x",
+        "--set",
+        "sources.0.config={max_reconnects: 0, open_timeout_s: 1}",
+        "--output",
+        tmp_path,
+        "--progress-interval-s",
+        "0",
+        "--log-level",
+        "INFO",
+    )
+    assert "s3cret" not in result.stdout + result.stderr
+    assert "rtsp://***@127.0.0.1:1/x" in result.stderr
+
+
+def test_schema_is_json_schema_of_graph_files() -> None:
+    result = framegraph("schema")
+    schema = json.loads(result.stdout)
+    assert {"sources", "nodes", "name"} <= set(schema["properties"])
+    assert schema["additionalProperties"] is False
