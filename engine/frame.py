@@ -130,6 +130,7 @@ class Frame:
     pixel_format: str = "rgb24"
     tensor: Any = None  # model input made by preprocess (CHW float)
     letterbox: Letterbox | None = None
+    outputs: dict[str, Any] | None = None  # raw model outputs of this frame (no batch axis)
     detections: Detections | None = None
     degraded: set[str] = field(default_factory=set)  # reasons this frame is incomplete
     meta: dict[str, Any] = field(default_factory=dict)

