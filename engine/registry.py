@@ -33,6 +33,7 @@ class OperatorContext:
     device: str = "cpu"
     output_dir: Path = field(default_factory=lambda: Path("out"))
     graph_name: str = ""
+    upstream: list[BaseModel] = field(default_factory=list)  # configs of the nodes feeding this one
 
     async def run_blocking(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run blocking work (decode, numpy) in a thread, keeping the event loop free."""
@@ -111,6 +112,7 @@ _BUILTIN: dict[str, str] = {
     "source.rtsp": "operators.sources:RtspSource",
     "decode.pyav": "operators.decode:PyAVDecode",
     "preprocess.cpu": "operators.preprocess:CpuPreprocess",
+    "infer.triton": "operators.infer:TritonInfer",
     "sink.jsonl": "operators.sinks:JsonlSink",
     "sink.null": "operators.sinks:NullSink",
 }

@@ -6,7 +6,8 @@ import asyncio
 import logging
 import time
 import zlib
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,9 +102,13 @@ class Runtime:
 
     def _build(self) -> None:
         opts = self.options
+        configs = {n.spec.id: n.config for n in self.plan.nodes}
         for np_ in self.plan.nodes:
             m = self.metrics.node(np_.spec.id)
             ctx = OperatorContext(np_.spec.id, m, opts.device, opts.output_dir, self.plan.spec.name)
+            ctx.upstream = [
+                configs[e.src] for e in self.plan.edges if e.dst == np_.spec.id and e.src in configs
+            ]
             self._nodes[np_.spec.id] = _Node(np_, np_.cls(np_.config, ctx), m)
         for sp in self.plan.sources:
             sid = sp.spec.id
@@ -184,12 +189,42 @@ class Runtime:
                 t.cancel()
 
     async def _batch_loop(self, node: _Node) -> None:
+        """Form batches across streams; with `workers` > 1, keep that many in flight.
+
+        Results are emitted in the order the batches were formed, so per-stream order holds.
+        """
         batch_spec = node.plan.spec.batch
         max_batch = batch_spec.max_batch if batch_spec else 1
         delay_s = (batch_spec.max_delay_ms if batch_spec else 0.0) / 1000
+        in_flight: deque[asyncio.Task[Sequence[Item] | None]] = deque()
+
+        async def drain(keep: int) -> None:
+            while len(in_flight) > keep:
+                out = await in_flight.popleft()
+                if out is not None:
+                    await self._emit(node, out)
+
         loop = asyncio.get_running_loop()
+        try:
+            await self._batches(node, max_batch, delay_s, loop, in_flight, drain)
+            await drain(0)
+        finally:
+            for task in in_flight:
+                task.cancel()
+
+    async def _batches(
+        self,
+        node: _Node,
+        max_batch: int,
+        delay_s: float,
+        loop: asyncio.AbstractEventLoop,
+        in_flight: deque[asyncio.Task[Sequence[Item] | None]],
+        drain: Callable[[int], Awaitable[None]],
+    ) -> None:
+        workers = node.plan.spec.workers
         while (first := await node.inbox.get()) is not None:
             if isinstance(first, Control):
+                await drain(0)
                 await self._control(node, first)
                 continue
             batch: list[Item] = [first]
@@ -203,8 +238,10 @@ class Runtime:
                     pending = msg  # a stream boundary closes the batch: order is kept
                     break
                 batch.append(msg)
-            await self._process(node, batch)
+            in_flight.append(asyncio.create_task(self._work(node, batch)))
+            await drain(workers - 1)
             if pending is not None:
+                await drain(0)
                 await self._control(node, pending)
 
     async def _handle(self, node: _Node, msg: Message) -> None:
@@ -214,6 +251,12 @@ class Runtime:
             await self._process(node, [msg])
 
     async def _process(self, node: _Node, items: list[Item]) -> None:
+        out = await self._work(node, items)
+        if out is not None:
+            await self._emit(node, out)
+
+    async def _work(self, node: _Node, items: list[Item]) -> Sequence[Item] | None:
+        """Run the operator on items; None when it failed (the items are counted as dropped)."""
         node.metrics.items_in += len(items)
         if node.op.batching:
             node.metrics.batches[len(items)] += 1
@@ -225,10 +268,10 @@ class Runtime:
                 out = await node.op.process(items[0])
         except Exception as e:
             self._failed(node, items, e)
-            return
+            return None
         finally:
             node.metrics.busy_s += time.perf_counter() - started
-        await self._emit(node, out)
+        return out
 
     def _failed(self, node: _Node, items: list[Item], e: Exception) -> None:
         node.metrics.errors += 1
