@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,8 @@ import pytest
 from engine.errors import OperatorError
 from engine.runtime import RunOptions, Runtime
 from engine.testing import CollectOperator, plan_from_yaml, run_graph
-from tests.integration.conftest import ROOT, TritonInstance
+from operators.triton_local import LocalTriton
+from tests.integration.conftest import TritonInstance
 
 
 def detect_graph(
@@ -108,12 +108,17 @@ async def test_triton_killed_mid_run_degrades_frames_then_recovers(
 
 
 async def test_no_url_starts_a_local_triton_for_the_run_and_stops_it(clip_720p: Path) -> None:
-    runtime, summary = await run_graph(
-        detect_graph("", clip_720p).replace('url: ""', 'url: ""'), max_frames=4
-    )
+    runtime = Runtime(plan_from_yaml(detect_graph("", clip_720p)), RunOptions(max_frames=4))
+    task = asyncio.create_task(runtime.run())
+    while LocalTriton._url is None and not task.done():  # noqa: ASYNC110 (polls a class attribute)
+        await asyncio.sleep(0.05)
+    url = LocalTriton._url
+    await asyncio.wait_for(task, 180)
     out: CollectOperator = runtime.operator("out")  # type: ignore[assignment]
+    assert len(out.items) == 4
     assert all(f.outputs is not None for f in out.items)  # type: ignore[union-attr]
-    pid_file = ROOT / f".services/embedded-{os.getpid()}.pid"
-    if pid_file.exists():
-        pid = pid_file.read_text().strip()
-        assert subprocess.run(["kill", "-0", pid], check=False, capture_output=True).returncode != 0
+    assert url is not None
+    assert url != "127.0.0.1:8001"  # not the shared server: one of its own
+    host, port = url.rsplit(":", 1)
+    with pytest.raises(ConnectionRefusedError), socket.create_connection((host, int(port)), timeout=1):
+        pass  # stopped with the run
