@@ -8,6 +8,7 @@ so recall can be measured per condition; `match` and `recall_precision` score pr
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Literal
 
@@ -31,7 +32,9 @@ _CROP = (120, 0, 330, 240)
 FACE_HEIGHT_PX = (60, 300)
 
 
+@functools.lru_cache(maxsize=8)
 def _photo(name: str) -> Image:
+    """A scikit-image sample photo as RGB uint8 (cached: callers must not modify it)."""
     from skimage import data  # dev/test dependency, imported only when the set is built
 
     return np.ascontiguousarray(getattr(data, name)()[:, :, :3], dtype=np.uint8)
@@ -109,9 +112,10 @@ def perturb(image: Image, kind: Perturbation, boxes: FloatArray | None = None, s
         return np.asarray(np.clip(image + noise, 0, 255).round(), np.uint8)
     if kind == "jpeg":
         ok, buf = cv2.imencode(".jpg", image[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 15])
-        if not ok:
-            raise RuntimeError("JPEG encoding failed")
-        return np.ascontiguousarray(cv2.imdecode(buf, cv2.IMREAD_COLOR)[:, :, ::-1], dtype=np.uint8)
+        decoded = cv2.imdecode(buf, cv2.IMREAD_COLOR) if ok else None
+        if decoded is None:
+            raise RuntimeError("JPEG round trip failed")
+        return np.ascontiguousarray(decoded[:, :, ::-1], dtype=np.uint8)
     if kind == "occlusion":
         if boxes is None:
             raise ValueError("occlusion needs the face boxes")

@@ -112,6 +112,8 @@ _BUILTIN: dict[str, str] = {
     "source.rtsp": "operators.sources:RtspSource",
     "decode.pyav": "operators.decode:PyAVDecode",
     "preprocess.cpu": "operators.preprocess:CpuPreprocess",
+    "postprocess.centerface": "operators.postprocess:CenterFacePostprocess",
+    "postprocess.textseg": "operators.postprocess:TextSegPostprocess",
     "infer.triton": "operators.infer:TritonInfer",
     "sink.jsonl": "operators.sinks:JsonlSink",
     "sink.null": "operators.sinks:NullSink",

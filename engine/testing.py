@@ -85,6 +85,7 @@ class CollectOperator(Operator[CollectConfig]):
     def __init__(self, config: CollectConfig, ctx: OperatorContext) -> None:
         super().__init__(config, ctx)
         self.items: list[Item] = []
+        self.arrived_ns: list[int] = []  # when each item arrived here, aligned with `items`
         self.batches: list[list[Item]] = []
         self.calls: list[tuple[str, str]] = []
 
@@ -103,6 +104,7 @@ class CollectOperator(Operator[CollectConfig]):
             await asyncio.sleep(self.config.delay_ms / 1000)
         self.batches.append(list(items))
         self.items.extend(items)
+        self.arrived_ns.extend([now_ns()] * len(items))
         return items
 
 

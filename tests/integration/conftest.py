@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -60,3 +61,63 @@ def private_triton() -> Iterator[TritonInstance]:
         yield instance
     finally:
         instance("stop")
+
+
+class RtspServer:
+    """A private RTSP server (scripts/rtsp_server.py) that a test may kill, hang and restart."""
+
+    def __init__(self, media_dir: Path) -> None:
+        self.media_dir = media_dir
+        self.port = free_port()
+        self.proc: subprocess.Popen[str] | None = None
+
+    def url(self, stem: str) -> str:
+        return f"rtsp://127.0.0.1:{self.port}/{stem}"
+
+    def start(self, timeout_s: float = 20.0) -> None:
+        log = self.media_dir / f"server-{self.port}.log"
+        with log.open("w") as sink:  # a file, not a pipe: a full pipe would block the server
+            self.proc = subprocess.Popen(
+                [
+                    "/usr/bin/python3",
+                    str(ROOT / "scripts/rtsp_server.py"),
+                    "--media-dir",
+                    str(self.media_dir),
+                    "--port",
+                    str(self.port),
+                ],
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if "ready" in log.read_text():
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise RuntimeError(f"RTSP server did not start: {log.read_text()[-1000:]}")
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+
+@pytest.fixture
+def rtsp_server(tmp_path: Path, clip_720p: Path) -> Iterator[RtspServer]:
+    """A private RTSP server serving the 720p astronaut clip at /astro."""
+    media = tmp_path / "rtsp-media"
+    media.mkdir()
+    (media / "astro.mp4").write_bytes(clip_720p.read_bytes())
+    server = RtspServer(media)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()

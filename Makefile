@@ -1,0 +1,44 @@
+# The two commands a new machine needs: `make demo` (the main job, embedded defaults) and
+# `make test` (every test tier, with the real services it talks to).
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install services stop-services demo test unit lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+services: install
+	scripts/ci_deps.sh
+	scripts/services start
+
+stop-services:
+	scripts/services stop
+
+demo: install
+	$(BIN)/python scripts/demo.py
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check engine operators tests loadtests
+	$(BIN)/mypy
+
+unit: install
+	$(BIN)/pytest tests/unit -q
+
+test: services lint
+	$(BIN)/pytest tests -q
+
+bench: install
+	$(BIN)/python loadtests/decode_ratio.py
+
+clean:
+	rm -rf out .pytest_cache .mypy_cache .ruff_cache
