@@ -107,12 +107,13 @@ class Letterbox:
     pad_y: float
     src_width: int
     src_height: int
+    scale_y: float | None = None  # a plain resize stretches: y has a scale of its own
 
     def to_source(self, xyxy: FloatArray) -> FloatArray:
         """Map model-input coordinates back to source-frame pixels, clipped to the frame."""
         out = xyxy.astype(np.float32, copy=True)
         out[:, [0, 2]] = (out[:, [0, 2]] - self.pad_x) / self.scale
-        out[:, [1, 3]] = (out[:, [1, 3]] - self.pad_y) / self.scale
+        out[:, [1, 3]] = (out[:, [1, 3]] - self.pad_y) / (self.scale_y or self.scale)
         np.clip(out[:, [0, 2]], 0, self.src_width, out=out[:, [0, 2]])
         np.clip(out[:, [1, 3]], 0, self.src_height, out=out[:, [1, 3]])
         return out

@@ -108,8 +108,9 @@ def perturb(image: Image, kind: Perturbation, boxes: FloatArray | None = None, s
     if kind == "blur":
         return np.asarray(cv2.GaussianBlur(image, (0, 0), 3), np.uint8)
     if kind == "noise":
-        noise = np.random.default_rng(seed).normal(0.0, 12.0, image.shape)
-        return np.asarray(np.clip(image + noise, 0, 255).round(), np.uint8)
+        noise = np.random.default_rng(seed).standard_normal(image.shape, np.float32)
+        noise = noise * np.float32(12.0) + image
+        return np.asarray(np.clip(noise, 0, 255).round(), np.uint8)
     if kind == "jpeg":
         ok, buf = cv2.imencode(".jpg", image[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 15])
         decoded = cv2.imdecode(buf, cv2.IMREAD_COLOR) if ok else None

@@ -34,8 +34,7 @@ class PreprocessConfig(StrictModel):
 def letterbox_geometry(src_w: int, src_h: int, cfg: PreprocessConfig) -> Letterbox:
     """Scale and padding that fit a src_w x src_h frame into the model input."""
     if cfg.mode == "resize":
-        # non-uniform scale: keep x scale in `scale`, map y by the ratio of heights
-        return Letterbox(cfg.width / src_w, 0.0, 0.0, src_w, src_h)
+        return Letterbox(cfg.width / src_w, 0.0, 0.0, src_w, src_h, scale_y=cfg.height / src_h)
     scale = min(cfg.width / src_w, cfg.height / src_h)
     new_w, new_h = round(src_w * scale), round(src_h * scale)
     return Letterbox(scale, (cfg.width - new_w) // 2, (cfg.height - new_h) // 2, src_w, src_h)

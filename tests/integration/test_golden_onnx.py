@@ -41,7 +41,7 @@ def centerface() -> Any:
         check=False,
     )
     if proc.returncode != 0 or not MODEL.is_file():
-        pytest.skip(
+        pytest.fail(
             f"{MODEL} is missing and scripts/setup_models.py could not fetch it: {proc.stderr[-500:]}"
         )
     options = ort.SessionOptions()
