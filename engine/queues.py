@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 
-from engine.frame import Control, Message, now_ns
+from engine.frame import Control, Message, Packet, now_ns
 from engine.metrics import NodeMetrics
 from engine.spec import QueueSpec
 
@@ -63,6 +63,10 @@ class EdgeQueue:
 
     Control messages (stream start/end) are never dropped and do not count towards `size`.
     Every dropped item is counted on the consumer node by stream and reason.
+
+    Compressed packets depend on the ones before them: once a packet of a stream is dropped,
+    the stream's packets are dropped up to its next keyframe (reason `awaiting_keyframe`),
+    so a decoder never sees a broken reference chain.
     """
 
     def __init__(self, src: str, dst: str, spec: QueueSpec, inbox: Inbox, consumer: NodeMetrics):
@@ -76,6 +80,7 @@ class EdgeQueue:
         self._consumer = consumer
         self._space = asyncio.Event()
         self._space.set()
+        self._await_key: set[str] = set()  # streams whose packets wait for a keyframe
         inbox.edges.append(self)
 
     def __len__(self) -> int:
@@ -86,6 +91,8 @@ class EdgeQueue:
             self.items.append(msg)
             self._inbox.notify()
             return
+        if self._broken_chain(msg):
+            return
         policy = self.spec.policy
         while self._data >= self.spec.size:
             if policy == "block":
@@ -93,12 +100,26 @@ class EdgeQueue:
                 await self._space.wait()
             elif policy == "drop_newest":
                 self._consumer.drop(msg.stream_id, "queue_full_drop_newest")
+                if isinstance(msg, Packet):
+                    self._await_key.add(msg.stream_id)
                 return
             else:  # drop_oldest, latency
                 self._drop_oldest("queue_full_drop_oldest")
+                if self._broken_chain(msg):  # the drop may have cut this packet's references
+                    return
         self.items.append(msg)
         self._data += 1
         self._inbox.notify()
+
+    def _broken_chain(self, msg: Message) -> bool:
+        """True (and counted) for a packet that waits for its stream's next keyframe."""
+        if not isinstance(msg, Packet) or msg.stream_id not in self._await_key:
+            return False
+        if msg.keyframe:
+            self._await_key.discard(msg.stream_id)
+            return False
+        self._consumer.drop(msg.stream_id, "awaiting_keyframe")
+        return True
 
     def _drop_oldest(self, reason: str) -> None:
         for i, old in enumerate(self.items):
@@ -106,7 +127,26 @@ class EdgeQueue:
                 del self.items[i]
                 self._data -= 1
                 self._consumer.drop(old.stream_id, reason)
+                if isinstance(old, Packet):
+                    self._drop_dependents(old.stream_id)
                 return
+
+    def _drop_dependents(self, stream_id: str) -> None:
+        """After a dropped packet: drop the stream's queued packets up to its next keyframe."""
+        kept: deque[Message] = deque()
+        waiting = True
+        for msg in self.items:
+            if waiting and isinstance(msg, Packet) and msg.stream_id == stream_id:
+                if msg.keyframe:
+                    waiting = False
+                else:
+                    self._data -= 1
+                    self._consumer.drop(stream_id, "awaiting_keyframe")
+                    continue
+            kept.append(msg)
+        self.items = kept
+        if waiting:
+            self._await_key.add(stream_id)
 
     def pop(self) -> Message | None:
         budget_ns = None if self.spec.budget_ms is None else int(self.spec.budget_ms * 1e6)
@@ -118,6 +158,8 @@ class EdgeQueue:
             self._space.set()
             if budget_ns is not None and now_ns() - msg.capture_ns > budget_ns:
                 self._consumer.drop(msg.stream_id, "deadline")
+                if isinstance(msg, Packet):
+                    self._drop_dependents(msg.stream_id)
                 continue
             return msg
         return None

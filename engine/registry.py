@@ -117,6 +117,10 @@ _BUILTIN: dict[str, str] = {
     "infer.triton": "operators.infer:TritonInfer",
     "sink.jsonl": "operators.sinks:JsonlSink",
     "sink.null": "operators.sinks:NullSink",
+    "decode.nvdec": "operators.gpu_decode:NvDecode",
+    "preprocess.torch": "operators.gpu_preprocess:TorchPreprocess",
+    "preprocess.dali": "operators.gpu_preprocess:DaliPreprocess",
+    "infer.torch": "operators.infer_torch:TorchInfer",
 }
 _registered: dict[str, type[Any]] = {}
 

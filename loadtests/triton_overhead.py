@@ -52,7 +52,9 @@ def inprocess_fps(batch: np.ndarray, seconds: float) -> float:
 
 
 async def triton_fps(url: str, batch: np.ndarray, seconds: float, in_flight: int = 2) -> float:
-    op = TritonInfer(TritonConfig(url=url, model="centerface"), OperatorContext("bench", NodeMetrics("bench")))
+    op = TritonInfer(
+        TritonConfig(url=url, model="centerface"), OperatorContext("bench", NodeMetrics("bench"))
+    )
     await op.setup()
     frames = [Frame("s", i, i, 0, None, tensor=t) for i, t in enumerate(batch)]
     try:
@@ -82,13 +84,19 @@ def batch_stats(url: str) -> dict[int, int]:
 def streams_run(url: str, clip: Path, streams: int, seconds: float) -> dict[str, Any]:
     """N camera-like streams (looped, paced at 30 fps, freshest frames kept) for `seconds`."""
     overrides = [
-        f"nodes.detect.config.url={url}", f"sources.0.url={clip}",
-        "sources.0.config={loop: true, realtime: true}", "nodes.decode.queue.policy=drop_oldest",
+        f"nodes.detect.config.url={url}",
+        f"sources.0.url={clip}",
+        "sources.0.config={loop: true, realtime: true}",
+        "nodes.decode.queue.policy=drop_oldest",
     ]
     plan = load_plan(ROOT / "graphs/face_detect.yaml", overrides)
     spec = plan.sources[0].spec
-    plan.sources = [type(plan.sources[0])(spec.model_copy(update={"id": f"cam{i}"}), plan.sources[0].cls,
-                                          plan.sources[0].config) for i in range(streams)]
+    plan.sources = [
+        type(plan.sources[0])(
+            spec.model_copy(update={"id": f"cam{i}"}), plan.sources[0].cls, plan.sources[0].config
+        )
+        for i in range(streams)
+    ]
     plan.edges = [e for e in plan.edges if e.src != spec.id]
     plan.edges += [type(plan.edges[0])(f"cam{i}", "decode", plan.nodes[0].spec.queue) for i in range(streams)]
     before = batch_stats(url)
@@ -129,12 +137,14 @@ def main() -> int:
         for _ in range(args.rounds):
             local.append(inprocess_fps(batch, args.seconds))
             served.append(asyncio.run(triton_fps(args.url, batch, args.seconds)))
-        result["overhead"].append({
-            "batch": size,
-            "inprocess_fps": [round(v, 1) for v in local],
-            "triton_fps": [round(v, 1) for v in served],
-            "ratio_of_medians": round(statistics.median(served) / statistics.median(local), 3),
-        })
+        result["overhead"].append(
+            {
+                "batch": size,
+                "inprocess_fps": [round(v, 1) for v in local],
+                "triton_fps": [round(v, 1) for v in served],
+                "ratio_of_medians": round(statistics.median(served) / statistics.median(local), 3),
+            }
+        )
         print(json.dumps(result["overhead"][-1]), flush=True)
     clip = ROOT / "out/sample.mp4"
     if not clip.exists():

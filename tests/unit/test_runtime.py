@@ -180,3 +180,44 @@ async def test_blocking_work_does_not_stall_the_event_loop() -> None:
 def test_frames_carry_their_stream() -> None:
     f = Frame("s", 1, 1, 0, __import__("numpy").zeros((2, 3, 3), "uint8"))
     assert (f.width, f.height) == (3, 2)
+
+
+async def test_dropped_packets_take_their_dependents_up_to_the_next_keyframe() -> None:
+    from engine.frame import Packet
+    from engine.metrics import NodeMetrics
+    from engine.queues import EdgeQueue, Inbox
+    from engine.spec import QueueSpec
+
+    metrics = NodeMetrics("decode")
+    q = EdgeQueue("cam", "decode", QueueSpec(size=3, policy="drop_oldest"), Inbox(), metrics)
+
+    def pkt(seq: int) -> Packet:
+        return Packet("s", seq, seq, 0, b"", keyframe=seq % 4 == 0)
+
+    for seq in range(6):  # 0K 1 2 3 4K 5: putting 3 drops 0, which takes 1, 2 and 3 with it
+        await q.put(pkt(seq))
+    kept = []
+    while (m := q.pop()) is not None:
+        kept.append(m.seq)  # type: ignore[union-attr]
+    assert kept == [4, 5]
+    assert metrics.dropped == {("s", "queue_full_drop_oldest"): 1, ("s", "awaiting_keyframe"): 3}
+    newest = NodeMetrics("decode")
+    q2 = EdgeQueue("cam", "decode", QueueSpec(size=2, policy="drop_newest"), Inbox(), newest)
+    for seq in range(6):  # 0K 1 queued; 2 dropped (full), so 3 goes too; 4K restarts; 5 finds it full
+        await q2.put(pkt(seq))
+        if seq == 2:
+            q2.pop()
+    kept = []
+    while (m := q2.pop()) is not None:
+        kept.append(m.seq)  # type: ignore[union-attr]
+    assert kept == [1, 4]
+    assert newest.dropped == {("s", "queue_full_drop_newest"): 2, ("s", "awaiting_keyframe"): 1}  # 2 and 5; 3
+
+
+async def test_pipelined_batches_keep_per_stream_order() -> None:
+    nodes = """\
+  - {id: infer, op: test.collect, inputs: [sources], queue: {size: 64}, batch: {max_batch: 3, max_delay_ms: 1},
+     workers: 4, config: {delay_ms: 5}}
+  - {id: out, op: test.collect, inputs: [infer], queue: {size: 256}}"""
+    runtime, _ = await run_graph(graph(synthetic(3, 40), nodes))
+    assert seqs_by_stream(runtime.operator("out")) == {f"s{i}": list(range(40)) for i in range(3)}  # type: ignore[arg-type]
