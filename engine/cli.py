@@ -27,6 +27,11 @@ def _parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="check a graph file; exit 0, or print every error, exit 2")
     v.add_argument("graph", type=Path)
     v.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE")
+    v.add_argument(
+        "--connect",
+        action="store_true",
+        help="also set up every operator: reach servers, check models against the graph",
+    )
     r = sub.add_parser("run", help="run a graph until its sources end (or Ctrl-C)")
     r.add_argument("graph", type=Path)
     r.add_argument(
@@ -57,6 +62,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"invalid graph:\n{e}", file=sys.stderr)
         return EXIT_INVALID
     if args.command == "validate":
+        if args.connect:
+            try:
+                run_async(Runtime(plan).check())
+            except FramegraphError as e:
+                print(f"invalid graph:\n{args.graph}: {e}", file=sys.stderr)
+                return EXIT_INVALID
         print(f"{args.graph}: ok ({len(plan.sources)} sources, {len(plan.nodes)} nodes)")
         return 0
     logging.basicConfig(

@@ -72,6 +72,18 @@ class Runtime:
         """Ask sources to end; the graph drains and `run` returns."""
         self.stop_event.set()
 
+    async def check(self) -> None:
+        """Set up every operator (connect, load models, check them against the graph), then tear down."""
+        self._build()
+        started: list[_Node] = []
+        try:
+            for node in self._nodes.values():
+                await node.op.setup()
+                started.append(node)
+        finally:
+            for node in reversed(started):
+                await node.op.teardown()
+
     async def run(self) -> dict[str, Any]:
         """Set up every operator, run all streams through, tear down; return the summary."""
         loop = asyncio.get_running_loop()

@@ -109,3 +109,22 @@ def test_schema_is_json_schema_of_graph_files() -> None:
     schema = json.loads(result.stdout)
     assert {"sources", "nodes", "name"} <= set(schema["properties"])
     assert schema["additionalProperties"] is False
+
+
+def test_validate_connect_names_a_missing_model(triton_url: str) -> None:
+    result = framegraph(
+        "validate",
+        "graphs/face_detect.yaml",
+        "--connect",
+        "--set",
+        f"nodes.detect.config.url={triton_url}",
+        "--set",
+        "nodes.detect.config.model=centerfaze",
+    )
+    assert result.returncode == 2
+    assert "model 'centerfaze' (version latest) is not available" in result.stderr
+    assert "models there: centerface, textdet" in result.stderr
+    ok = framegraph(
+        "validate", "graphs/face_detect.yaml", "--connect", "--set", f"nodes.detect.config.url={triton_url}"
+    )
+    assert ok.returncode == 0, ok.stderr
