@@ -68,10 +68,18 @@ def main(argv: list[str] | None = None) -> int:
             except FramegraphError as e:
                 print(f"invalid graph:\n{args.graph}: {e}", file=sys.stderr)
                 return EXIT_INVALID
-        print(f"{args.graph}: ok ({len(plan.sources)} sources, {len(plan.nodes)} nodes)")
+        print(
+            f"{args.graph}: ok ({len(plan.sources)} sources, {len(plan.nodes)} nodes, "
+            f"device {plan.device}: {plan.device_reason})"
+        )
         return 0
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    aliased = [f"{n.spec.id}={n.op}" for n in plan.nodes if n.op != n.spec.op]
+    print(
+        f"device {plan.device} ({plan.device_reason})" + (f"; {', '.join(aliased)}" if aliased else ""),
+        file=sys.stderr,
     )
     try:
         summary = _run(plan, args)

@@ -9,8 +9,9 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from engine import device as devices
 from engine import yamlsource
-from engine.errors import ConfigIssue, GraphConfigError
+from engine.errors import ConfigIssue, FramegraphError, GraphConfigError
 from engine.registry import Operator, Source, known_names, resolve
 from engine.spec import GraphSpec, NodeSpec, QueueSpec, SourceSpec
 from engine.yamlsource import PathKey, SourcedDoc
@@ -32,6 +33,7 @@ class NodePlan:
     spec: NodeSpec
     cls: type[Operator[Any]]
     config: BaseModel
+    op: str = ""  # the operator that runs: `spec.op`, or what a device alias resolved to
 
 
 @dataclass
@@ -50,6 +52,8 @@ class GraphPlan:
     nodes: list[NodePlan]  # topological order
     edges: list[Edge]
     origin: str
+    device: str = "cpu"
+    device_reason: str = ""
 
 
 def load_plan(path: str | Path, overrides: list[str] | None = None) -> GraphPlan:
@@ -67,15 +71,19 @@ def build_plan(doc: SourcedDoc) -> GraphPlan:
     except ValidationError as e:
         raise GraphConfigError(_issues(doc, (), e)) from e
     issues: list[ConfigIssue] = []
+    try:
+        device, reason = devices.choose_device(spec.device)
+    except FramegraphError as e:
+        raise GraphConfigError([doc.issue(("device",), str(e))]) from e
     _check_ids(doc, spec, issues)
     sources = [sp for i, s in enumerate(spec.sources) if (sp := _source_plan(doc, i, s, issues))]
-    nodes = [np_ for i, n in enumerate(spec.nodes) if (np_ := _node_plan(doc, i, n, issues))]
+    nodes = [np_ for i, n in enumerate(spec.nodes) if (np_ := _node_plan(doc, i, n, device, issues))]
     edges = _edges(doc, spec, issues)
     order = _topological(doc, spec, edges, issues)
     if issues:
         raise GraphConfigError(issues)
     by_id = {n.spec.id: n for n in nodes}
-    return GraphPlan(spec, sources, [by_id[i] for i in order], edges, doc.name)
+    return GraphPlan(spec, sources, [by_id[i] for i in order], edges, doc.name, device, reason)
 
 
 def _issues(doc: SourcedDoc, prefix: PathKey, e: ValidationError) -> list[ConfigIssue]:
@@ -148,18 +156,26 @@ def _source_plan(
     return SourcePlan(spec, cls, config) if config is not None else None
 
 
-def _node_plan(doc: SourcedDoc, index: int, spec: NodeSpec, issues: list[ConfigIssue]) -> NodePlan | None:
-    cls = _lookup(doc, ("nodes", index, "op"), spec.op, issues)
+def _node_plan(
+    doc: SourcedDoc, index: int, spec: NodeSpec, device: str, issues: list[ConfigIssue]
+) -> NodePlan | None:
+    """`op: decode` / `op: preprocess` are device aliases: the graph's device picks the operator."""
+    try:
+        name = devices.resolve_alias(spec.op, device)
+    except FramegraphError as e:
+        issues.append(doc.issue(("nodes", index, "op"), str(e)))
+        return None
+    cls = _lookup(doc, ("nodes", index, "op"), name, issues)
     if cls is None:
         return None
     if not issubclass(cls, Operator):
         issues.append(doc.issue(("nodes", index, "op"), f"{spec.op!r} is a source, not a node"))
         return None
     if spec.batch is not None and not cls.batching:
-        reason = f"operator {spec.op!r} does not batch; remove 'batch'"
+        reason = f"operator {name!r} does not batch; remove 'batch'"
         issues.append(doc.issue(("nodes", index, "batch"), reason))
     config = _typed_config(doc, ("nodes", index, "config"), cls, spec.config, issues)
-    return NodePlan(spec, cls, config) if config is not None else None
+    return NodePlan(spec, cls, config, name) if config is not None else None
 
 
 def _edges(doc: SourcedDoc, spec: GraphSpec, issues: list[ConfigIssue]) -> list[Edge]:

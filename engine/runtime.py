@@ -30,7 +30,7 @@ class RunOptions:
 
     max_frames: int | None = None  # per stream
     output_dir: Path = field(default_factory=lambda: Path("out"))
-    device: str = "cpu"
+    device: str | None = None  # None: the device the plan chose
     threads: int = 64  # blocking work (decode, numpy) runs here
 
 
@@ -117,7 +117,8 @@ class Runtime:
         configs = {n.spec.id: n.config for n in self.plan.nodes}
         for np_ in self.plan.nodes:
             m = self.metrics.node(np_.spec.id)
-            ctx = OperatorContext(np_.spec.id, m, opts.device, opts.output_dir, self.plan.spec.name)
+            device = opts.device or self.plan.device
+            ctx = OperatorContext(np_.spec.id, m, device, opts.output_dir, self.plan.spec.name)
             ctx.upstream = [
                 configs[e.src] for e in self.plan.edges if e.dst == np_.spec.id and e.src in configs
             ]

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 import socket
+import tempfile
 from pathlib import Path
 
 from engine.errors import InferenceUnavailable
@@ -37,16 +38,21 @@ class LocalTriton:
         self.script = Path(os.environ.get("FG_TRITON_SCRIPT", ROOT / "scripts/triton"))
 
     async def _call(self, action: str, env: dict[str, str]) -> tuple[int, str]:
-        proc = await asyncio.create_subprocess_exec(
-            str(self.script),
-            action,
-            env={**os.environ, **env},
-            cwd=ROOT,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        out, _ = await proc.communicate()
-        return proc.returncode or 0, out.decode(errors="replace")
+        # Output goes to a file, not a pipe: the server the script leaves running could inherit
+        # the pipe (uvloop does not close it) and then the read would never see its end.
+        with tempfile.TemporaryFile() as out:
+            proc = await asyncio.create_subprocess_exec(
+                str(self.script),
+                action,
+                env={**os.environ, **env},
+                cwd=ROOT,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+            )
+            code = await proc.wait()
+            out.seek(0)
+            return code, out.read().decode(errors="replace")
 
     async def acquire(self) -> str:
         """Start the server if this process has none yet; return its gRPC address."""

@@ -173,3 +173,20 @@ def test_rtsp_credentials_never_appear_in_errors() -> None:
     found = "\n".join(errors_of(text))
     assert "transport" in found
     assert "hunter2" not in found
+
+
+def test_device_aliases_pick_the_cpu_operators_here() -> None:
+    text = GOOD.replace("op: decode.pyav", "op: decode")
+    plan = build_plan(yamlsource.load_text(text, "g.yaml"))
+    assert plan.device == "cpu"
+    assert plan.nodes[0].op == "decode.pyav"
+    assert "CUDA" in plan.device_reason or "torch" in plan.device_reason
+
+
+def test_device_cuda_without_a_gpu_is_a_clear_error() -> None:
+    from engine import device
+
+    if device.cuda_available():
+        pytest.skip("this machine has a GPU")
+    found = errors_of(GOOD.replace("name: g\n", "name: g\ndevice: cuda\n"))
+    assert found[0].startswith("g.yaml:2: device: ")

@@ -1,0 +1,472 @@
+"""GPU throughput: the NVDEC decode ceiling, then the full detection graph, for N streams.
+
+    python loadtests/gpu_bench.py --out OUT [--streams 8,32,64,96] [--seconds 15] [--warmup 3]
+                                  [--ceiling-seconds 8] [--budget-s 320]
+    python loadtests/gpu_bench.py --export-photo astronaut.png   (where scikit-image is)
+
+On the GPU machine it makes one 1080p30 H.264 6 Mb/s clip (10 s) and measures
+(a) the ceiling: N threads, each demuxing the clip with PyAV, rewriting it to Annex B and
+    decoding it on its own PyNvVideoCodec decoder as fast as it goes, for --ceiling-seconds;
+(b) the graph: N looped, real-time file sources -> decode.nvdec (workers 16) ->
+    preprocess.torch (batch 32, 5 ms) -> infer.torch (CenterFace fp16, batch 32, workers 2)
+    -> postprocess.centerface -> sink.jsonl (events), for --seconds, the first --warmup
+    seconds after the first frame left out of every figure.
+Every edge has a live-video policy, so overload shows as drops, not as growing latency:
+packets drop_oldest (1 s per stream; the queue then drops up to the next keyframe), frames
+drop_oldest or a 500 ms latency budget.
+Results go to OUT/gpu_bench.json after every step (a run cut short keeps what it measured).
+Without scikit-image the clip is made from the PNG in $FG_PHOTO (see --export-photo).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import json
+import logging
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from engine import device, samples  # noqa: E402
+from engine.metrics import LatencySamples, Metrics  # noqa: E402
+from engine.plan import build_plan  # noqa: E402
+from engine.runtime import RunOptions, Runtime  # noqa: E402
+from engine.yamlsource import load_text  # noqa: E402
+from operators.gpu_decode import CODECS, AnnexB  # noqa: E402
+
+log = logging.getLogger("gpu_bench")
+FPS = 30
+GRAPH_OVERHEAD_S = 20.0  # setup, first frame and drain, on top of --seconds, per graph run
+
+
+def seed_photo() -> None:
+    """Let engine.samples make clips without scikit-image, from a PNG of the same photo."""
+    if device.installed("skimage") or not os.environ.get("FG_PHOTO"):
+        return
+    import cv2
+
+    image = cv2.imread(os.environ["FG_PHOTO"], cv2.IMREAD_COLOR)
+    if image is None:
+        raise SystemExit(f"FG_PHOTO={os.environ['FG_PHOTO']} is not an image")
+    samples._PHOTO = np.ascontiguousarray(image[:, :, ::-1])
+
+
+def export_photo(path: Path) -> None:
+    import cv2
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), samples.photo()[:, :, ::-1])
+    print(f"wrote {path} ({path.stat().st_size} bytes)")
+
+
+def versions() -> dict[str, Any]:
+    out: dict[str, Any] = {"python": sys.version.split()[0]}
+    for module in ("torch", "PyNvVideoCodec", "nvidia.dali", "av", "onnx2torch", "numpy"):
+        try:
+            out[module] = getattr(__import__(module, fromlist=["_"]), "__version__", "?")
+        except Exception as e:
+            out[module] = f"unavailable: {type(e).__name__}: {e}"
+    if device.cuda_available():
+        import torch
+
+        out["cuda"] = torch.version.cuda
+        try:
+            out["gpu"] = torch.cuda.get_device_name(0)
+        except Exception as e:
+            out["gpu"] = f"unknown: {e}"
+    out["nvidia_smi"] = smi(["-L"])
+    return out
+
+
+def smi(args: list[str]) -> str:
+    try:
+        done = subprocess.run(["nvidia-smi", *args], capture_output=True, text=True, timeout=10)
+        return done.stdout.strip() or done.stderr.strip()
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"nvidia-smi failed: {e}"
+
+
+def smi_used_mib() -> float | None:
+    text = smi(["--query-gpu=memory.used", "--format=csv,noheader,nounits"])
+    try:
+        return float(text.splitlines()[0])
+    except (ValueError, IndexError):
+        return None
+
+
+# --- (a) the NVDEC ceiling -------------------------------------------------------------------
+
+
+def _ceiling_worker(clip: Path, seconds: float, start: threading.Barrier, out: list[Any], index: int) -> None:
+    import av
+    import PyNvVideoCodec as nvc
+
+    try:
+        with av.open(str(clip)) as container:
+            cc = container.streams.video[0].codec_context
+            codec, extradata = cc.name, bytes(cc.extradata or b"")
+        rewriter = AnnexB(codec, extradata or None)
+        decoder = nvc.CreateDecoder(
+            gpuid=0,
+            codec=getattr(nvc.cudaVideoCodec, CODECS[codec]),
+            cudacontext=0,
+            cudastream=0,
+            usedevicememory=True,
+            outputColorType=nvc.OutputColorType.RGB,
+        )
+    except Exception as e:
+        out[index] = e
+        start.abort()
+        return
+    try:
+        start.wait()
+    except threading.BrokenBarrierError:
+        out[index] = RuntimeError("another decoder failed to start")
+        return
+    stop_at = time.perf_counter() + seconds
+    frames = 0
+    try:
+        while time.perf_counter() < stop_at:
+            with av.open(str(clip)) as container:
+                for packet in container.demux(container.streams.video[0]):
+                    if not packet.size:
+                        continue
+                    arr = np.frombuffer(rewriter.convert(bytes(packet), packet.is_keyframe), np.uint8)
+                    pd = nvc.PacketData()
+                    pd.bsl_data, pd.bsl, pd.pts = arr.ctypes.data, arr.size, packet.pts or 0
+                    frames += len(decoder.Decode(pd))
+                    if time.perf_counter() >= stop_at:
+                        break
+        out[index] = frames
+    except Exception as e:
+        out[index] = e
+
+
+def decode_ceiling(clip: Path, streams: int, seconds: float) -> dict[str, Any]:
+    """Total fps of `streams` threads decoding the clip on their own decoders."""
+    out: list[Any] = [None] * streams
+    start = threading.Barrier(streams + 1)
+    threads = [
+        threading.Thread(target=_ceiling_worker, args=(clip, seconds, start, out, i), daemon=True)
+        for i in range(streams)
+    ]
+    for t in threads:
+        t.start()
+    with contextlib.suppress(threading.BrokenBarrierError):  # a worker failed: it says why in `out`
+        start.wait(timeout=120)
+    began = time.perf_counter()
+    for t in threads:
+        t.join(timeout=seconds + 60)
+    elapsed = time.perf_counter() - began
+    errors = [f"{type(e).__name__}: {e}" for e in out if isinstance(e, Exception)]
+    frames = [n for n in out if isinstance(n, int)]
+    result: dict[str, Any] = {
+        "streams": streams,
+        "seconds": round(elapsed, 2),
+        "frames": sum(frames),
+        "fps": round(sum(frames) / seconds, 1) if frames else 0.0,
+        "per_stream_fps_min": round(min(frames) / seconds, 1) if frames else 0.0,
+    }
+    if errors:
+        result["errors"] = sorted(set(errors))[:5]
+    gc.collect()
+    return result
+
+
+def probe_low_latency(clip: Path) -> str | None:
+    """None if a LOW latency decoder (ENDOFPICTURE packets) decodes the clip's start, else why."""
+    import av
+    import PyNvVideoCodec as nvc
+
+    try:
+        decoder = nvc.CreateDecoder(
+            gpuid=0,
+            codec=nvc.cudaVideoCodec.H264,
+            cudacontext=0,
+            cudastream=0,
+            usedevicememory=True,
+            outputColorType=nvc.OutputColorType.RGB,
+            latency=nvc.DisplayDecodeLatencyType.LOW,
+        )
+        frames = 0
+        with av.open(str(clip)) as container:
+            cc = container.streams.video[0].codec_context
+            rewriter = AnnexB(cc.name, bytes(cc.extradata or b"") or None)
+            for i, packet in enumerate(container.demux(container.streams.video[0])):
+                if i >= 30:
+                    break
+                arr = np.frombuffer(rewriter.convert(bytes(packet), packet.is_keyframe), np.uint8)
+                pd = nvc.PacketData()
+                pd.bsl_data, pd.bsl, pd.pts = arr.ctypes.data, arr.size, i
+                pd.decode_flag = nvc.VideoPacketFlag.ENDOFPICTURE
+                frames += len(decoder.Decode(pd))
+        return None if frames >= 29 else f"only {frames} of 30 frames came out without a flush"
+    except Exception as e:
+        return f"{type(e).__name__}: {e}"
+
+
+# --- (b) the full graph ----------------------------------------------------------------------
+
+
+def graph_yaml(clip: Path, streams: int, latency: str) -> str:
+    sources = "\n".join(
+        f'  - {{id: cam{i:03d}, url: "{clip}", config: {{loop: true, realtime: true}}}}'
+        for i in range(streams)
+    )
+    return f"""\
+name: gpu_bench_{streams}
+sources:
+{sources}
+nodes:
+  - id: decode
+    op: decode.nvdec
+    inputs: [sources]
+    workers: 16
+    queue: {{size: 30, policy: drop_oldest}}
+    config: {{latency: {latency}}}
+  - id: pre
+    op: preprocess.torch
+    inputs: [decode]
+    batch: {{max_batch: 32, max_delay_ms: 5}}
+    queue: {{size: 256, policy: latency, budget_ms: 500}}
+    config: {{width: 640, height: 384}}
+  - id: detect
+    op: infer.torch
+    inputs: [pre]
+    batch: {{max_batch: 32, max_delay_ms: 5}}
+    workers: 2
+    queue: {{size: 256, policy: latency, budget_ms: 500}}
+    config: {{device: cuda, fp16: true, max_batch: 32}}
+  - id: post
+    op: postprocess.centerface
+    inputs: [detect]
+    queue: {{size: 256, policy: drop_oldest}}
+  - id: events
+    op: sink.jsonl
+    inputs: [post]
+    queue: {{size: 256, policy: drop_oldest}}
+    config: {{path: "{{graph}}.jsonl", mode: events}}
+"""
+
+
+def snapshot(metrics: Metrics) -> dict[str, Any]:
+    drops: Counter[str] = Counter()
+    drops_by_stream: Counter[str] = Counter()
+    for node in metrics.nodes.values():
+        for (stream, reason), n in node.dropped.items():
+            drops[reason] += n
+            drops_by_stream[stream] += n
+    return {
+        "t": time.monotonic(),
+        "out": {sid: s.frames_out for sid, s in metrics.streams.items()},
+        "lat": {sid: len(s.latency.samples) for sid, s in metrics.streams.items()},
+        "drops": drops,
+        "drops_by_stream": drops_by_stream,
+    }
+
+
+def window(metrics: Metrics, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Figures between two snapshots."""
+    span = b["t"] - a["t"]
+    fps = {sid: (b["out"][sid] - a["out"].get(sid, 0)) / span for sid in b["out"]}
+    latency = [
+        v
+        for sid, s in metrics.streams.items()
+        for v in s.latency.samples[a["lat"].get(sid, 0) : b["lat"][sid]]
+    ]
+    drops = b["drops"] - a["drops"]
+    drops_by_stream = b["drops_by_stream"] - a["drops_by_stream"]
+    held = [sid for sid, f in fps.items() if f >= FPS - 1 and drops_by_stream[sid] == 0]
+    values = sorted(fps.values())
+    return {
+        "window_s": round(span, 2),
+        "total_fps": round(sum(values), 1),
+        "per_stream_fps": {
+            "min": round(values[0], 2),
+            "median": round(statistics.median(values), 2),
+            "max": round(values[-1], 2),
+        },
+        "streams_realtime": len(held),
+        "latency_ms": LatencySamples().percentiles(latency),
+        "drops_by_reason": dict(drops),
+        "drops_total": sum(drops.values()),
+    }
+
+
+async def run_graph_for(
+    clip: Path, streams: int, seconds: float, warmup: float, latency: str, out_dir: Path
+) -> dict[str, Any]:
+    import torch
+
+    plan = build_plan(load_text(graph_yaml(clip, streams, latency), f"gpu_bench_{streams}"))
+    runtime = Runtime(plan, RunOptions(output_dir=out_dir, device="cuda", threads=64))
+    torch.cuda.reset_peak_memory_stats()
+    started = time.monotonic()
+    task = asyncio.create_task(runtime.run())
+    result: dict[str, Any] = {}
+    try:
+        while not any(s.frames_out for s in runtime.metrics.streams.values()):
+            if task.done():
+                await task  # raises what stopped the graph (setup errors: missing model, no GPU)
+                raise RuntimeError("the graph ended before any frame reached the sink")
+            if time.monotonic() - started > 90:
+                raise TimeoutError("no frame reached the sink within 90 s")
+            await asyncio.sleep(0.05)
+        result["first_frame_s"] = round(time.monotonic() - started, 2)
+        await asyncio.sleep(warmup)
+        a = snapshot(runtime.metrics)
+        await asyncio.sleep(max(1.0, seconds - warmup))
+        b = snapshot(runtime.metrics)
+        result.update(window(runtime.metrics, a, b))
+        result["gpu_memory_mib"] = {
+            "nvidia_smi_used": await asyncio.to_thread(smi_used_mib),
+            "torch_max_allocated": round(torch.cuda.max_memory_allocated() / 2**20, 1),
+        }
+    finally:
+        runtime.stop()
+        try:
+            summary = await asyncio.wait_for(task, 60)
+            result["nodes"] = {
+                nid: {k: v for k, v in n.items() if k != "dropped_by_stream"}
+                for nid, n in summary["nodes"].items()
+                if not nid.startswith("cam")
+            }
+        except Exception as e:  # a run that did not drain still reports its window
+            task.cancel()
+            result["stop_error"] = f"{type(e).__name__}: {e}"
+    return result
+
+
+def run_graph_sync(*args: Any) -> dict[str, Any]:
+    coro = run_graph_for(*args)
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
+
+
+# --- main ------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=ROOT / "out/gpu_bench")
+    p.add_argument("--streams", default="8,32,64,96")
+    p.add_argument("--seconds", type=float, default=15.0, help="each graph run, warm-up included")
+    p.add_argument("--warmup", type=float, default=3.0)
+    p.add_argument("--ceiling-seconds", type=float, default=8.0)
+    p.add_argument("--budget-s", type=float, default=320.0, help="skip steps that would not fit")
+    p.add_argument("--latency", choices=["auto", "native", "low"], default="auto")
+    p.add_argument("--clip-dir", type=Path, default=Path(tempfile.gettempdir()) / "fg-bench")
+    p.add_argument("--export-photo", type=Path, default=None)
+    args = p.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.export_photo:
+        export_photo(args.export_photo)
+        return 0
+    deadline = time.monotonic() + args.budget_s
+    args.out.mkdir(parents=True, exist_ok=True)
+    report_path = args.out / "gpu_bench.json"
+    report: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}, "versions": versions()}
+
+    def save() -> None:
+        report_path.write_text(json.dumps(report, indent=2))
+
+    save()
+    why = device.nvdec_reason()
+    if why is not None:
+        report["error"] = f"no GPU path here: {why}"
+        save()
+        print(report["error"], file=sys.stderr)
+        return 1
+    seed_photo()
+    counts = [int(x) for x in args.streams.split(",") if x.strip()]
+    clip = args.clip_dir / "bench_1080p30_6mbps_10s.mp4"
+    t0 = time.monotonic()
+    if not clip.exists():
+        samples.make_clip(clip, 1920, 1080, fps=FPS, seconds=10, bitrate=6_000_000)
+    report["clip"] = {
+        "path": str(clip),
+        "spec": "1920x1080 30 fps H.264 6 Mb/s 10 s",
+        "make_s": round(time.monotonic() - t0, 1),
+    }
+    latency = args.latency
+    if latency == "auto":
+        low = probe_low_latency(clip)
+        latency = "low" if low is None else "native"
+        report["latency_probe"] = low or "low latency decoding works"
+    report["latency_mode"] = latency
+    save()
+
+    ceiling: dict[int, dict[str, Any]] = {}
+    for n in counts:
+        if time.monotonic() + args.ceiling_seconds + 10 > deadline:
+            ceiling[n] = {"skipped": "time budget"}
+            continue
+        ceiling[n] = decode_ceiling(clip, n, args.ceiling_seconds)
+        print(
+            f"ceiling {n:3d} streams: {ceiling[n].get('fps')} fps {ceiling[n].get('errors', '')}", flush=True
+        )
+        report["ceiling"] = {str(k): v for k, v in ceiling.items()}
+        save()
+
+    runs: dict[str, Any] = {}
+    scratch = Path(tempfile.mkdtemp(prefix="fg-bench-out-"))
+    try:
+        for n in counts:
+            if time.monotonic() + args.seconds + GRAPH_OVERHEAD_S > deadline:
+                runs[str(n)] = {"skipped": "time budget"}
+                continue
+            try:
+                r = run_graph_sync(clip, n, args.seconds, args.warmup, latency, scratch)
+            except Exception as e:
+                log.exception("graph run with %d streams failed", n)
+                r = {"error": f"{type(e).__name__}: {e}"}
+            r["streams"] = n
+            r["offered_fps"] = n * FPS
+            c = ceiling.get(n, {}).get("fps")
+            if c and "total_fps" in r:
+                r["decode_ceiling_fps"] = c
+                r["ratio_full_to_ceiling"] = round(r["total_fps"] / c, 3)
+                r["ratio_full_to_min_offered_ceiling"] = round(r["total_fps"] / min(c, n * FPS), 3)
+            runs[str(n)] = r
+            report["graph"] = runs
+            save()
+            print(
+                f"graph {n:3d} streams: {r.get('total_fps')} fps, realtime {r.get('streams_realtime')}/{n}, "
+                f"latency {r.get('latency_ms')}, drops {r.get('drops_by_reason')} {r.get('error', '')}",
+                flush=True,
+            )
+            gc.collect()
+            import torch
+
+            torch.cuda.empty_cache()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    report["elapsed_s"] = round(time.monotonic() - (deadline - args.budget_s), 1)
+    save()
+    print(f"wrote {report_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

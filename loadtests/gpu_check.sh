@@ -1,0 +1,153 @@
+#!/usr/bin/env bash
+# The GPU check, in one shot on the GPU machine (no network): install the carried wheels, print
+# versions, run the GPU and unit tests, run the GPU benchmark, leave logs and JSON in OUT_DIR.
+#
+#   bash loadtests/gpu_check.sh WHEELS_DIR OUT_DIR
+#
+# WHEELS_DIR: the assembled wheels (loadtests/gpu_wheels.sh assemble), optionally with
+#   astronaut.png (python loadtests/gpu_bench.py --export-photo WHEELS_DIR/astronaut.png, made
+#   where scikit-image is: the GPU image lacks it, and the test clips are made from that photo).
+# triton_models/centerface/1/centerface.onnx must be in the checkout (carried; no download here).
+# Wheels go to /tmp/fg-site (PYTHONPATH), skipping what the image already has at the same or a
+# newer version; grpcio/protobuf only if tritonclient.grpc does not import with the image's.
+# Always exits 0 once OUT_DIR exists: OUT_DIR/summary.txt says what passed. Finishes in < 8 min.
+set -uo pipefail
+
+if [[ $# -ne 2 ]]; then
+  echo "usage: $0 WHEELS_DIR OUT_DIR" >&2
+  exit 2
+fi
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+WHEELS="$(cd "$1" 2>/dev/null && pwd || echo "$1")"
+mkdir -p "$2"
+OUT="$(cd "$2" && pwd)"
+PY="${PYTHON:-python3}"
+SITE="${FG_SITE:-/tmp/fg-site}"
+START=$(date +%s)
+DEADLINE=$((START + ${FG_CHECK_BUDGET_S:-465}))
+exec > >(tee -a "$OUT/check.log") 2>&1
+cd "$REPO" || exit 0
+
+step() { echo; echo "=== [$(($(date +%s) - START)) s] $*"; }
+summary() { echo "$*" | tee -a "$OUT/summary.txt"; }
+: >"$OUT/summary.txt"
+
+step "install wheels from $WHEELS into $SITE"
+mkdir -p "$SITE"
+export PYTHONPATH="$SITE:$REPO${PYTHONPATH:+:$PYTHONPATH}"
+shopt -s nullglob
+WHLS=("$WHEELS"/*.whl)
+shopt -u nullglob
+# name version of each wheel that is not already importable at that version or newer
+"$PY" - "${WHLS[@]}" >"$OUT/wheels_to_install.txt" <<'PY'
+import importlib.metadata as md
+import os
+import sys
+
+try:
+    from packaging.version import Version
+except ImportError:  # compare as strings: only equal versions count as present
+    Version = str  # type: ignore[assignment,misc]
+for path in sys.argv[1:]:
+    name, version = os.path.basename(path).split("-")[:2]
+    try:
+        have = md.version(name)
+    except md.PackageNotFoundError:
+        have = None
+    if have is not None and (have == version or (Version is not str and Version(have) >= Version(version))):
+        print(f"skip {name} {version} (have {have})", file=sys.stderr)
+        continue
+    print(path)
+PY
+INSTALL=()
+DEFERRED=()
+while read -r whl; do
+  case "$(basename "$whl" | tr '[:upper:]' '[:lower:]')" in
+    grpcio-*|protobuf-*) DEFERRED+=("$whl") ;;
+    *) INSTALL+=("$whl") ;;
+  esac
+done <"$OUT/wheels_to_install.txt"
+if [[ ${#INSTALL[@]} -gt 0 ]]; then
+  echo "installing ${#INSTALL[@]} wheels: $(for w in "${INSTALL[@]}"; do basename "$w" | cut -d- -f1-2; done | tr '\n' ' ')"
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$SITE" "${INSTALL[@]}" \
+    || summary "WARN: pip install failed (exit $?)"
+fi
+if ! "$PY" -c "import tritonclient.grpc" 2>/dev/null && [[ ${#DEFERRED[@]} -gt 0 ]]; then
+  echo "tritonclient.grpc does not import with the image's grpcio/protobuf: installing ${DEFERRED[*]##*/}"
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$SITE" "${DEFERRED[@]}" \
+    || summary "WARN: grpcio/protobuf install failed"
+fi
+
+step "versions"
+"$PY" - <<'PY' | tee "$OUT/versions.txt"
+import importlib, sys
+print("python", sys.version.split()[0], sys.executable)
+for name in ("torch", "torchvision", "PyNvVideoCodec", "nvidia.dali", "av", "onnx", "onnx2torch", "onnxruntime",
+             "numpy", "cv2", "pydantic", "tritonclient", "pytest", "pytest_asyncio", "skimage"):
+    try:
+        module = importlib.import_module(name)
+        print(f"{name:16s} {getattr(module, '__version__', '?')}")
+    except Exception as e:
+        print(f"{name:16s} unavailable ({type(e).__name__}: {str(e)[:160]})")
+try:
+    import torch
+    print("torch cuda", torch.version.cuda, "available", torch.cuda.is_available(),
+          torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")
+except Exception as e:
+    print("torch cuda check failed:", e)
+from engine import device
+print("choose_device(auto):", device.choose_device("auto"))
+for alias in ("decode", "preprocess"):
+    try:
+        print(f"resolve_alias({alias}, cuda):", device.resolve_alias(alias, "cuda"))
+    except Exception as e:
+        print(f"resolve_alias({alias}, cuda) failed: {e}")
+PY
+nvidia-smi -L 2>&1 | tee -a "$OUT/versions.txt"
+
+step "models"
+ONNX="$REPO/triton_models/centerface/1/centerface.onnx"
+if [[ -f "$ONNX" ]]; then
+  # verify the carried file's pinned hash only; setup_models.py would download, and there is no network
+  "$PY" scripts/setup_models.py --check --model centerface || summary "WARN: centerface.onnx hash differs from the pin"
+else
+  summary "WARN: $ONNX missing: the detection tests skip and the graph benchmark fails"
+fi
+
+step "test media"
+if [[ -z "${FG_PHOTO:-}" ]]; then
+  for candidate in "$WHEELS/astronaut.png" "$REPO/out/astronaut.png"; do
+    [[ -f "$candidate" ]] && export FG_PHOTO="$candidate" && break
+  done
+fi
+if "$PY" -c "import skimage" 2>/dev/null; then
+  echo "scikit-image present: clips from its photo"
+elif [[ -n "${FG_PHOTO:-}" ]]; then
+  echo "clips from FG_PHOTO=$FG_PHOTO"
+else
+  summary "WARN: no scikit-image and no astronaut.png: tests that make clips will error"
+fi
+
+step "pytest tests/gpu tests/unit (timeout 150 s)"
+T0=$(date +%s)
+timeout -k 5 150 "$PY" -m pytest tests/gpu tests/unit -q -x -p no:cacheprovider -rs \
+  --junitxml="$OUT/pytest.xml" 2>&1 | tee "$OUT/pytest.log"
+RC=${PIPESTATUS[0]}
+summary "pytest: exit $RC in $(($(date +%s) - T0)) s: $(grep -E '(passed|failed|error)' "$OUT/pytest.log" | tail -1)"
+
+LEFT=$((DEADLINE - $(date +%s)))
+BENCH_T=$((LEFT < 330 ? LEFT : 330))
+step "gpu_bench (timeout $BENCH_T s)"
+if [[ $BENCH_T -ge 60 ]]; then
+  T0=$(date +%s)
+  timeout -k 10 "$BENCH_T" "$PY" loadtests/gpu_bench.py --out "$OUT" --streams "${FG_STREAMS:-8,32,64,96}" \
+    --seconds "${FG_SECONDS:-15}" --budget-s $((BENCH_T - 15)) 2>&1 | tee "$OUT/bench.log"
+  RC=${PIPESTATUS[0]}
+  summary "gpu_bench: exit $RC in $(($(date +%s) - T0)) s; figures in gpu_bench.json"
+else
+  summary "gpu_bench: skipped, only $LEFT s left"
+fi
+
+nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1
+summary "total: $(($(date +%s) - START)) s"
+exit 0

@@ -1,0 +1,219 @@
+"""`infer.torch`: batched in-process inference of an ONNX model converted to torch (onnx2torch).
+
+The model (CenterFace by default) runs on the GPU (fp16 if asked) or on the CPU. Frames keep
+their `tensor` (torch on any device, or numpy); each batch is copied to the host once per
+output, and `frame.outputs` becomes {output name: numpy array without the batch axis}, exactly
+as infer.triton sets it, so the postprocess operators work unchanged. A batch that fails at
+run time (out of GPU memory, ...) marks its frames degraded (`inference_unavailable`).
+torch, onnx and onnx2torch are imported at setup, never when this module is imported.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from engine.errors import OperatorError
+from engine.frame import Frame, Item
+from engine.registry import Operator, OperatorContext
+from engine.spec import StrictModel
+
+log = logging.getLogger("framegraph.infer_torch")
+DEGRADED = "inference_unavailable"
+ROOT = Path(__file__).resolve().parents[1]
+_ERRORS_LOGGED = 5
+
+
+class TorchInferConfig(StrictModel):
+    """Options of `infer.torch`."""
+
+    onnx_path: str = Field(
+        "triton_models/centerface/1/centerface.onnx",
+        description="The ONNX model; a relative path is looked up in the working directory, then "
+        "in the framegraph checkout.",
+    )
+    device: Literal["auto", "cuda", "cpu"] = Field("auto", description="auto: cuda when torch sees a GPU.")
+    gpu_id: int = Field(0, ge=0, le=63, description="CUDA device of the model.")
+    fp16: bool = Field(False, description="Run the model in half precision (cuda only).")
+    output_names: list[str] | None = Field(
+        None, min_length=1, description="Outputs to return; default: all of the graph's, in order."
+    )
+    max_batch: int = Field(32, ge=1, le=1024, description="Largest batch one forward pass takes.")
+    warmup: bool = Field(True, description="On cuda, run batches of 1 and max_batch at setup.")
+
+    @model_validator(mode="after")
+    def _fp16_needs_cuda(self) -> TorchInferConfig:
+        if self.fp16 and self.device == "cpu":
+            raise ValueError("fp16 needs device cuda (or auto on a GPU machine)")
+        return self
+
+
+def resolve_model_path(path: str) -> Path:
+    """The model file: as given, else relative to the checkout; OperatorError if neither exists."""
+    p = Path(path)
+    places = [Path.cwd()] if p.is_absolute() else list(dict.fromkeys([Path.cwd(), ROOT]))
+    for place in places:
+        if (place / p).is_file():
+            return place / p
+    raise OperatorError(
+        f"infer.torch: model file {path!r} not found (looked in {', '.join(map(str, places))}); "
+        "run scripts/setup_models.py for the default CenterFace model"
+    )
+
+
+def _dims(value_info: Any) -> list[int]:
+    """An ONNX input's dimensions, -1 where symbolic."""
+    return [d.dim_value if d.HasField("dim_value") else -1 for d in value_info.type.tensor_type.shape.dim]
+
+
+class TorchModel:
+    """An ONNX graph converted by onnx2torch, on its device, with the graph's input/output names."""
+
+    def __init__(self, path: Path, device: str, gpu_id: int, fp16: bool) -> None:
+        from engine.device import cuda_reason, import_error
+
+        for module in ("torch", "onnx", "onnx2torch"):
+            why = import_error(module)
+            if why is not None:
+                raise OperatorError(f"infer.torch needs {module}: {why} (pip install torch onnx onnx2torch)")
+        import torch
+
+        onnx: Any = importlib.import_module("onnx")
+        convert: Any = importlib.import_module("onnx2torch").convert
+
+        if device == "auto":
+            device = "cuda" if cuda_reason() is None else "cpu"
+        elif device == "cuda" and (why := cuda_reason()) is not None:
+            raise OperatorError(f"infer.torch: device cuda requested, but {why}")
+        if fp16 and device != "cuda":
+            log.warning("infer.torch: fp16 ignored on the CPU; running fp32")
+            fp16 = False
+        graph = onnx.load(str(path))
+        initializers = {i.name for i in graph.graph.initializer}
+        inputs = [i for i in graph.graph.input if i.name not in initializers]
+        if len(inputs) != 1:
+            raise OperatorError(f"infer.torch: {path} has {len(inputs)} inputs; one image input is supported")
+        self.input_name = inputs[0].name
+        self.input_dims = _dims(inputs[0])
+        self.output_names = [o.name for o in graph.graph.output]
+        self.torch: Any = torch
+        self.device: Any = torch.device("cuda", gpu_id) if device == "cuda" else torch.device("cpu")
+        self.dtype: Any = torch.float16 if fp16 else torch.float32
+        model = convert(graph).eval().to(self.device)
+        self.model: Any = model.half() if fp16 else model
+
+    def describe(self) -> str:
+        return f"{self.device} {'fp16' if self.dtype == self.torch.float16 else 'fp32'}"
+
+    def run(self, tensors: list[Any], names: list[str]) -> dict[str, np.ndarray]:
+        """One forward pass over a batch; {name: host float32 array (B, ...)}."""
+        torch = self.torch
+        with torch.inference_mode():
+            parts = [
+                t if isinstance(t, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(t))
+                for t in tensors
+            ]
+            batch = torch.stack([p.to(self.device, non_blocking=True) for p in parts]).to(self.dtype)
+            out = self.model(batch)
+            outs = list(out) if isinstance(out, list | tuple) else [out]
+            if len(outs) != len(self.output_names):
+                raise OperatorError(
+                    f"infer.torch: the model returned {len(outs)} outputs; "
+                    f"its graph names {len(self.output_names)}"
+                )
+            by_name = dict(zip(self.output_names, outs, strict=True))
+            return {n: by_name[n].float().cpu().numpy() for n in names}
+
+
+def _split(frames: list[Frame], max_batch: int) -> list[list[Frame]]:
+    """Batches of frames whose tensors stack: same shape, at most max_batch each."""
+    groups: dict[tuple[Any, ...], list[Frame]] = {}
+    for f in frames:
+        t = f.tensor
+        groups.setdefault((tuple(t.shape), str(t.dtype), str(getattr(t, "device", "cpu"))), []).append(f)
+    return [g[i : i + max_batch] for g in groups.values() for i in range(0, len(g), max_batch)]
+
+
+class TorchInfer(Operator[TorchInferConfig]):
+    """Frames with `tensor` in, the same frames with `outputs` (or degraded) out."""
+
+    Config = TorchInferConfig
+    batching = True
+
+    def __init__(self, config: TorchInferConfig, ctx: OperatorContext) -> None:
+        super().__init__(config, ctx)
+        self.model: TorchModel | None = None
+        self.output_names: list[str] = []
+        self.errors_logged = 0
+
+    async def setup(self) -> None:
+        cfg = self.config
+        path = resolve_model_path(cfg.onnx_path)
+        self.model = await self.ctx.run_blocking(TorchModel, path, cfg.device, cfg.gpu_id, cfg.fp16)
+        known = self.model.output_names
+        missing = [n for n in cfg.output_names or [] if n not in known]
+        if missing:
+            raise OperatorError(
+                f"node {self.ctx.node_id}: model {path.name} has no outputs {missing}; it has {known}"
+            )
+        self.output_names = cfg.output_names or known
+        shape = self._check_upstream()
+        if shape is not None and cfg.warmup and self.model.device.type == "cuda":
+            await self.ctx.run_blocking(self._warmup, shape)
+        log.info("node %s: %s on %s", self.ctx.node_id, path.name, self.model.describe())
+
+    def _check_upstream(self) -> list[int] | None:
+        """The preprocess feeding this node must make the model's input shape; returns it."""
+        assert self.model is not None
+        dims = self.model.input_dims[1:]
+        for up in self.ctx.upstream:
+            if not all(hasattr(up, a) for a in ("width", "height", "layout")):
+                continue
+            u: Any = up
+            shape = [3, u.height, u.width] if u.layout == "chw" else [u.height, u.width, 3]
+            fits = len(shape) == len(dims) and all(d in (-1, s) for d, s in zip(dims, shape, strict=False))
+            if not fits:
+                raise OperatorError(
+                    f"node {self.ctx.node_id}: model input {self.model.input_name!r} takes {dims} "
+                    f"(batch axis left out), but the preprocess feeding it makes {shape}"
+                )
+            return shape
+        return None
+
+    def _warmup(self, shape: list[int]) -> None:
+        assert self.model is not None
+        for n in sorted({1, self.config.max_batch}):
+            self.model.run([np.zeros(shape, np.float32)] * n, self.output_names)
+
+    async def process_batch(self, items: list[Item]) -> Sequence[Item]:
+        frames = [f for f in items if isinstance(f, Frame)]
+        for f in frames:
+            if f.tensor is None:
+                raise OperatorError(f"node {self.ctx.node_id}: frame has no tensor; add a preprocess node")
+        for batch in _split(frames, self.config.max_batch):
+            await self.ctx.run_blocking(self._infer, batch)
+        return items
+
+    def _infer(self, frames: list[Frame]) -> None:
+        assert self.model is not None
+        try:
+            results = self.model.run([f.tensor for f in frames], self.output_names)
+        except (RuntimeError, MemoryError) as e:  # CUDA errors and out-of-memory are RuntimeErrors
+            self.ctx.metrics.events["degraded_frames"] += len(frames)
+            if self.errors_logged < _ERRORS_LOGGED:
+                self.errors_logged += 1
+                log.error(
+                    "node %s: inference failed, %d frames degraded: %s", self.ctx.node_id, len(frames), e
+                )
+            for f in frames:
+                f.outputs = None
+                f.degraded.add(DEGRADED)
+            return
+        for i, f in enumerate(frames):
+            f.outputs = {name: arr[i] for name, arr in results.items()}
