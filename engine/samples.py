@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from fractions import Fraction
 from pathlib import Path
 
@@ -11,7 +12,15 @@ import numpy as np
 
 
 def photo() -> np.ndarray:
-    """A real photo with a face (scikit-image's astronaut), RGB uint8."""
+    """A real photo with a face (scikit-image's astronaut), RGB uint8.
+
+    Where scikit-image is absent (the GPU image), FG_PHOTO names a PNG of the same photo.
+    """
+    if os.environ.get("FG_PHOTO"):
+        image = cv2.imread(os.environ["FG_PHOTO"], cv2.IMREAD_COLOR)
+        if image is None:
+            raise FileNotFoundError(f"FG_PHOTO={os.environ['FG_PHOTO']} is not a readable image")
+        return np.ascontiguousarray(image[:, :, ::-1])
     from skimage import data  # dev/test dependency; imported only when media is generated
 
     return np.asarray(data.astronaut())  # type: ignore[no-untyped-call]

@@ -26,7 +26,6 @@ import contextlib
 import gc
 import json
 import logging
-import os
 import shutil
 import statistics
 import subprocess
@@ -54,18 +53,6 @@ from operators.gpu_decode import CODECS, AnnexB  # noqa: E402
 log = logging.getLogger("gpu_bench")
 FPS = 30
 GRAPH_OVERHEAD_S = 20.0  # setup, first frame and drain, on top of --seconds, per graph run
-
-
-def seed_photo() -> None:
-    """Let engine.samples make clips without scikit-image, from a PNG of the same photo."""
-    if device.installed("skimage") or not os.environ.get("FG_PHOTO"):
-        return
-    import cv2
-
-    image = cv2.imread(os.environ["FG_PHOTO"], cv2.IMREAD_COLOR)
-    if image is None:
-        raise SystemExit(f"FG_PHOTO={os.environ['FG_PHOTO']} is not an image")
-    samples._PHOTO = np.ascontiguousarray(image[:, :, ::-1])
 
 
 def export_photo(path: Path) -> None:
@@ -398,7 +385,6 @@ def main() -> int:
         save()
         print(report["error"], file=sys.stderr)
         return 1
-    seed_photo()
     counts = [int(x) for x in args.streams.split(",") if x.strip()]
     clip = args.clip_dir / "bench_1080p30_6mbps_10s.mp4"
     t0 = time.monotonic()

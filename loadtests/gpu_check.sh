@@ -130,7 +130,8 @@ fi
 
 step "pytest tests/gpu tests/unit (timeout 150 s)"
 T0=$(date +%s)
-timeout -k 5 150 "$PY" -m pytest tests/gpu tests/unit -q -x -p no:cacheprovider -rs \
+timeout -k 5 150 "$PY" -m pytest tests/gpu tests/unit -q -p no:cacheprovider -rs \
+  -W default::DeprecationWarning -W default::UserWarning -W default::FutureWarning \
   --junitxml="$OUT/pytest.xml" 2>&1 | tee "$OUT/pytest.log"
 RC=${PIPESTATUS[0]}
 summary "pytest: exit $RC in $(($(date +%s) - T0)) s: $(grep -E '(passed|failed|error)' "$OUT/pytest.log" | tail -1)"

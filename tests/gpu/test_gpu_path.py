@@ -7,7 +7,6 @@ image lacks it) the clips are made from the photo in $FG_PHOTO (loadtests/gpu_be
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,6 @@ _why = device.cuda_reason() or device.import_error("PyNvVideoCodec")
 if _why is not None:
     pytest.skip(f"needs a CUDA GPU, torch with CUDA and PyNvVideoCodec: {_why}", allow_module_level=True)
 
-from engine import samples  # noqa: E402
 from engine.frame import Frame  # noqa: E402
 from engine.testing import CollectOperator, run_graph  # noqa: E402
 from operators.preprocess import PreprocessConfig, preprocess_image  # noqa: E402
@@ -28,21 +26,6 @@ from operators.preprocess import PreprocessConfig, preprocess_image  # noqa: E40
 pytestmark = pytest.mark.gpu
 ROOT = Path(__file__).resolve().parents[2]
 CENTERFACE = ROOT / "triton_models/centerface/1/centerface.onnx"
-
-
-def seed_photo() -> None:
-    """Let engine.samples make clips without scikit-image, from a PNG of the same photo."""
-    if device.installed("skimage") or not os.environ.get("FG_PHOTO"):
-        return
-    import cv2
-
-    image = cv2.imread(os.environ["FG_PHOTO"], cv2.IMREAD_COLOR)
-    if image is None:
-        raise RuntimeError(f"FG_PHOTO={os.environ['FG_PHOTO']} is not an image")
-    samples._PHOTO = np.ascontiguousarray(image[:, :, ::-1])
-
-
-seed_photo()
 
 
 async def collect(graph: str, **options: Any) -> tuple[dict[str, list[Frame]], dict[str, Any]]:
