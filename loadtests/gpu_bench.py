@@ -177,6 +177,22 @@ def decode_ceiling(clip: Path, streams: int, seconds: float) -> dict[str, Any]:
     return result
 
 
+def model_ceiling(seconds: float, batch: int = 32) -> dict[str, Any]:
+    """infer.torch's model alone (CenterFace fp16, 3x384x640) in a tight loop, batch `batch`."""
+    import torch
+
+    from operators.infer_torch import TorchModel, resolve_model_path
+
+    model = TorchModel(resolve_model_path("triton_models/centerface/1/centerface.onnx"), "cuda", 0, True)
+    frames = [torch.zeros((3, 384, 640), device="cuda") for _ in range(batch)]
+    model.run(frames, model.output_names)
+    n, t0 = 0, time.monotonic()
+    while time.monotonic() - t0 < seconds:
+        model.run(frames, model.output_names)
+        n += batch
+    return {"batch": batch, "fps": round(n / (time.monotonic() - t0), 1)}
+
+
 def probe_low_latency(clip: Path) -> str | None:
     """None if a LOW latency decoder (ENDOFPICTURE packets) decodes the clip's start, else why."""
     import av
@@ -365,12 +381,17 @@ def main() -> int:
     p.add_argument("--latency", choices=["auto", "native", "low"], default="auto")
     p.add_argument("--clip-dir", type=Path, default=Path(tempfile.gettempdir()) / "fg-bench")
     p.add_argument("--export-photo", type=Path, default=None)
+    p.add_argument("--switch-interval-ms", type=float, default=None, help="sys.setswitchinterval (GIL)")
+    p.add_argument("--skip-ceiling", action="store_true")
+    p.add_argument("--model-seconds", type=float, default=0.0, help="> 0: measure the model alone first")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.export_photo:
         export_photo(args.export_photo)
         return 0
     deadline = time.monotonic() + args.budget_s
+    if args.switch_interval_ms:
+        sys.setswitchinterval(args.switch_interval_ms / 1000)
     args.out.mkdir(parents=True, exist_ok=True)
     report_path = args.out / "gpu_bench.json"
     report: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}, "versions": versions()}
@@ -403,9 +424,13 @@ def main() -> int:
     report["latency_mode"] = latency
     save()
 
+    if args.model_seconds > 0:
+        report["model_ceiling"] = model_ceiling(args.model_seconds)
+        print(f"model alone: {report['model_ceiling']}", flush=True)
+        save()
     ceiling: dict[int, dict[str, Any]] = {}
     for n in counts:
-        if time.monotonic() + args.ceiling_seconds + 10 > deadline:
+        if args.skip_ceiling or time.monotonic() + args.ceiling_seconds + 10 > deadline:
             ceiling[n] = {"skipped": "time budget"}
             continue
         ceiling[n] = decode_ceiling(clip, n, args.ceiling_seconds)

@@ -234,6 +234,10 @@ class DaliPreprocess(Operator[PreprocessConfig]):
             (out,) = pipe.run()
             return np.array(out.as_tensor())
         with t.torch.inference_mode():
+            # this pool thread may never have touched CUDA: make the device's primary context
+            # current, or DALI fails on tensors NVDEC made (CUDA_ERROR_INVALID_CONTEXT)
+            t.torch.cuda.set_device(self.config.gpu_id if hasattr(self.config, "gpu_id") else 0)
+            t.torch.cuda.current_stream().synchronize()
             tensors = [t.hwc(im) for im in images]
             pipe.feed_input("frames", tensors, layout="HWC")
             (out,) = pipe.run()
