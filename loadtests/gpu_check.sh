@@ -142,7 +142,7 @@ step "gpu_bench (timeout $BENCH_T s)"
 if [[ $BENCH_T -ge 60 ]]; then
   T0=$(date +%s)
   timeout -k 10 "$BENCH_T" "$PY" loadtests/gpu_bench.py --out "$OUT" --streams "${FG_STREAMS:-8,32,64,96}" \
-    --seconds "${FG_SECONDS:-15}" --budget-s $((BENCH_T - 15)) 2>&1 | tee "$OUT/bench.log"
+    --seconds "${FG_SECONDS:-15}" --budget-s $((BENCH_T - 15)) ${FG_BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log"
   RC=${PIPESTATUS[0]}
   summary "gpu_bench: exit $RC in $(($(date +%s) - T0)) s; figures in gpu_bench.json"
 else
