@@ -13,6 +13,7 @@ never when this module is imported.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -173,24 +174,39 @@ class DecoderBackend(Protocol):
     def open(self, codec: str) -> DecoderSession: ...
 
 
+def primary_context(torch: Any, gpu_id: int) -> int:
+    """The handle of the device's primary CUDA context (torch's), made current on this thread."""
+    torch.cuda.set_device(gpu_id)
+    torch.cuda.synchronize(gpu_id)  # initialises the primary context if nothing has yet
+    lib = ctypes.CDLL("libcuda.so.1")
+    ctx = ctypes.c_void_p()
+    rc = lib.cuCtxGetCurrent(ctypes.byref(ctx))
+    if rc != 0 or not ctx.value:
+        raise OperatorError(f"decode.nvdec: no CUDA context current on GPU {gpu_id} (cuCtxGetCurrent: {rc})")
+    return int(ctx.value)
+
+
 class _NvSession:
     """A PyNvVideoCodec decoder with RGB device output, and a CUDA stream for copying frames."""
 
     def __init__(self, backend: NvBackend, codec: str) -> None:
         nvc, torch = backend.nvc, backend.torch
         self.nvc, self.torch, self.low_latency = nvc, torch, backend.low_latency
+        self.copy_stream: Any = torch.cuda.Stream(device=backend.device)
         kwargs: dict[str, Any] = {
             "gpuid": backend.gpu_id,
             "codec": getattr(nvc.cudaVideoCodec, CODECS[codec]),
-            "cudacontext": 0,
-            "cudastream": 0,
+            # torch's own (primary) context and a torch stream: with cudacontext=0 every decoder
+            # got a context of its own, and the GPU time-sliced between them and torch's (an H100
+            # ran CenterFace 100x slower inside the graph than alone)
+            "cudacontext": primary_context(torch, backend.gpu_id),
+            "cudastream": self.copy_stream.cuda_stream,
             "usedevicememory": True,
             "outputColorType": nvc.OutputColorType.RGB,
         }
         if self.low_latency:
             kwargs["latency"] = nvc.DisplayDecodeLatencyType.LOW
         self.decoder: Any = nvc.CreateDecoder(**kwargs)
-        self.copy_stream: Any = torch.cuda.Stream(device=backend.device)
         self.payload: Any = None  # the packet's bytes stay alive until the next submit
 
     def decode(self, payload: bytes, key: int) -> list[tuple[int | None, Any]]:
