@@ -135,7 +135,8 @@ class Frame:
     detections: Detections | None = None
     degraded: set[str] = field(default_factory=set)  # reasons this frame is incomplete
     meta: dict[str, Any] = field(default_factory=dict)
-    trace: Any = None
+    events: list[dict[str, Any]] = field(default_factory=list)  # raised by operators: {"type": ..., ...}
+    trace: Any = None  # the frame's root OpenTelemetry span (engine.tracing), or None
 
     @property
     def height(self) -> int:
