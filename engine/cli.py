@@ -137,7 +137,14 @@ def _print_summary(summary: dict[str, Any]) -> None:
     for nid, n in summary["nodes"].items():
         drops = f" dropped {n['dropped_by_reason']}" if n["dropped"] else ""
         batch = f" mean batch {n['mean_batch']}" if "mean_batch" in n else ""
-        print(f"  node {nid}: in {n['in']} out {n['out']}{drops}{batch}")
+        stage = ""
+        if "work_ms" in n:
+            q, w = n["queue_wait_ms"], n["work_ms"]
+            stage = (
+                f" | queue ms p50/p95/p99 {q['p50']}/{q['p95']}/{q['p99']}"
+                f" work ms {w['p50']}/{w['p95']}/{w['p99']}"
+            )
+        print(f"  node {nid}: in {n['in']} out {n['out']}{drops}{batch}{stage}")
 
 
 if __name__ == "__main__":

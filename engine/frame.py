@@ -63,6 +63,7 @@ class Packet:
     data: Any  # av.Packet (CPU demux) or bytes
     keyframe: bool = False
     trace: Any = None
+    emitted_ns: int = 0  # when it last entered an edge queue (stage timing)
 
 
 @dataclass(slots=True)
@@ -137,6 +138,7 @@ class Frame:
     meta: dict[str, Any] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)  # raised by operators: {"type": ..., ...}
     trace: Any = None  # the frame's root OpenTelemetry span (engine.tracing), or None
+    emitted_ns: int = 0  # when it last entered an edge queue (stage timing)
 
     @property
     def height(self) -> int:

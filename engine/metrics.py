@@ -59,6 +59,8 @@ class NodeMetrics:
     dropped: Counter[tuple[str, str]] = field(default_factory=Counter)
     batches: Counter[int] = field(default_factory=Counter)  # batch size -> count
     events: Counter[str] = field(default_factory=Counter)  # named counters (reconnects, ...)
+    queue_wait: LatencySamples = field(default_factory=lambda: LatencySamples(10_000))
+    work: LatencySamples = field(default_factory=lambda: LatencySamples(10_000))
 
     def drop(self, stream_id: str, reason: str, n: int = 1) -> None:
         self.dropped[(stream_id, reason)] += n
@@ -84,6 +86,9 @@ class NodeMetrics:
             out["mean_batch"] = round(sum(k * v for k, v in self.batches.items()) / total, 2)
         if self.events:
             out["events"] = dict(self.events)
+        if self.work.count:
+            out["queue_wait_ms"] = self.queue_wait.percentiles()
+            out["work_ms"] = self.work.percentiles()
         return out
 
 

@@ -34,6 +34,7 @@ class OperatorContext:
     output_dir: Path = field(default_factory=lambda: Path("out"))
     graph_name: str = ""
     upstream: list[BaseModel] = field(default_factory=list)  # configs of the nodes feeding this one
+    tracer: Any = None  # engine.tracing.FrameTracer when the graph traces frames
 
     async def run_blocking(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run blocking work (decode, numpy) in a thread, keeping the event loop free."""

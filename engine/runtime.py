@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import OperatorError
-from engine.frame import Control, ControlKind, Frame, Item, Message, Packet, now_ns
+from engine.frame import Control, ControlKind, Item, Message, now_ns
 from engine.metrics import Metrics, NodeMetrics
 from engine.plan import GraphPlan, NodePlan, SourcePlan
 from engine.queues import EdgeQueue, Inbox
 from engine.registry import Operator, OperatorContext, Source, SourceContext
+from engine.tracing import FrameTracer
 
 log = logging.getLogger("framegraph.runtime")
 _ERRORS_LOGGED_PER_NODE = 5
@@ -32,6 +33,7 @@ class RunOptions:
     output_dir: Path = field(default_factory=lambda: Path("out"))
     device: str | None = None  # None: the device the plan chose
     threads: int = 64  # blocking work (decode, numpy) runs here
+    span_exporter: Any = None  # tests: an OpenTelemetry exporter that overrides the graph's
 
 
 class _Node:
@@ -63,6 +65,10 @@ class Runtime:
         self._nodes: dict[str, _Node] = {}
         self._source_outputs: dict[str, list[EdgeQueue]] = {}
         self._sources: list[Source[Any]] = []
+        tracing = plan.spec.tracing
+        self.tracer: FrameTracer | None = None
+        if tracing.exporter != "none" or self.options.span_exporter is not None:
+            self.tracer = FrameTracer(tracing, plan.spec.name, self.options.span_exporter)
 
     def operator(self, node_id: str) -> Operator[Any]:
         """The operator instance of a node (after `run` has started); for tests and tools."""
@@ -110,6 +116,8 @@ class Runtime:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if self.tracer is not None:
+                self.tracer.shutdown()
         return self.metrics.summary(self.plan.spec.name)
 
     def _build(self) -> None:
@@ -119,6 +127,7 @@ class Runtime:
             m = self.metrics.node(np_.spec.id)
             device = opts.device or self.plan.device
             ctx = OperatorContext(np_.spec.id, m, device, opts.output_dir, self.plan.spec.name)
+            ctx.tracer = self.tracer
             ctx.upstream = [
                 configs[e.src] for e in self.plan.edges if e.dst == np_.spec.id and e.src in configs
             ]
@@ -151,6 +160,9 @@ class Runtime:
             else:
                 stream.frames_in += 1
                 source.ctx.metrics.items_out += 1
+                if self.tracer is not None:
+                    self.tracer.start(msg, plan.spec.id)
+                msg.emitted_ns = now_ns()
             for q in outputs:
                 await q.put(msg)
 
@@ -273,7 +285,7 @@ class Runtime:
         node.metrics.items_in += len(items)
         if node.op.batching:
             node.metrics.batches[len(items)] += 1
-        started = time.perf_counter()
+        started = now_ns()
         try:
             if node.op.batching:
                 out = await node.op.process_batch(items)
@@ -283,7 +295,15 @@ class Runtime:
             self._failed(node, items, e)
             return None
         finally:
-            node.metrics.busy_s += time.perf_counter() - started
+            ended = now_ns()
+            node.metrics.busy_s += (ended - started) / 1e9
+        work_ms = (ended - started) / 1e6
+        for item in items:
+            enqueued = item.emitted_ns or started
+            node.metrics.queue_wait.add((started - enqueued) / 1e6)
+            node.metrics.work.add(work_ms)
+            if self.tracer is not None:
+                self.tracer.stage(item, node.id, enqueued, started, ended)
         return out
 
     def _failed(self, node: _Node, items: list[Item], e: Exception) -> None:
@@ -297,14 +317,16 @@ class Runtime:
 
     async def _emit(self, node: _Node, out: Sequence[Item]) -> None:
         node.metrics.items_out += len(out)
+        t = now_ns()
         if not node.outputs:
             if node.primary_terminal:
-                t = now_ns()
                 for item in out:
-                    if isinstance(item, Frame | Packet):
-                        self.metrics.stream(item.stream_id).finished((t - item.capture_ns) / 1e6)
+                    self.metrics.stream(item.stream_id).finished((t - item.capture_ns) / 1e6)
+                    if self.tracer is not None:
+                        self.tracer.finish(item, t)
             return
         for item in out:
+            item.emitted_ns = t
             for q in node.outputs:
                 await q.put(item)
 

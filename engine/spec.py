@@ -102,6 +102,18 @@ class NodeSpec(StrictModel):
         return out
 
 
+class TracingSpec(StrictModel):
+    """OpenTelemetry tracing: one trace per frame, a span per operator it passed."""
+
+    exporter: Literal["none", "console", "otlp"] = Field(
+        "none", description="none: stage timings are still measured, no spans are made."
+    )
+    sample_ratio: float = Field(1.0, ge=0, le=1, description="Share of frames traced (per trace id).")
+    otlp_endpoint: str = Field(
+        "http://127.0.0.1:4317", description="OTLP gRPC collector, with exporter otlp."
+    )
+
+
 class GraphSpec(StrictModel):
     """A whole pipeline: its streams and the DAG of operators they flow through."""
 
@@ -113,3 +125,4 @@ class GraphSpec(StrictModel):
     )
     sources: list[SourceSpec] = Field(min_length=1)
     nodes: list[NodeSpec] = Field(min_length=1)
+    tracing: TracingSpec = Field(default_factory=TracingSpec)

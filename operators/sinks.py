@@ -12,6 +12,7 @@ from pydantic import Field
 
 from engine.frame import Frame, Item, Packet, now_ns
 from engine.registry import Operator
+from engine.tracing import trace_id
 from engine.spec import StrictModel
 
 
@@ -40,6 +41,7 @@ def frame_record(frame: Frame, graph: str) -> dict[str, Any]:
         "width": frame.width,
         "height": frame.height,
         "degraded": sorted(frame.degraded),
+        "trace_id": trace_id(frame),
     }
     if det is not None:
         record["detections"] = [
