@@ -12,8 +12,8 @@ from pydantic import Field
 
 from engine.frame import Frame, Item, Packet, now_ns
 from engine.registry import Operator
-from engine.tracing import trace_id
 from engine.spec import StrictModel
+from engine.tracing import trace_id
 
 
 class JsonlConfig(StrictModel):

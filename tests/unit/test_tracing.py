@@ -7,8 +7,8 @@ from pathlib import Path
 
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from engine.tracing import traceparent
 from engine.testing import run_graph
+from engine.tracing import traceparent
 
 GRAPH = """\
 name: traced
@@ -24,7 +24,7 @@ nodes:
 
 async def test_span_tree_has_every_operator_in_order_and_the_event_latency(tmp_path: Path) -> None:
     exporter = InMemorySpanExporter()
-    runtime, summary = await run_graph(GRAPH, output_dir=tmp_path, span_exporter=exporter)
+    _, summary = await run_graph(GRAPH, output_dir=tmp_path, span_exporter=exporter)
     spans = exporter.get_finished_spans()
     roots = [s for s in spans if s.name == "frame"]
     assert len(roots) == 10  # every frame of both streams
