@@ -47,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--summary-json", type=Path, default=None, help="also write the summary here")
     r.add_argument("--progress-interval-s", type=float, default=2.0, help="0 disables progress")
     r.add_argument("--log-level", default="WARNING")
+    r.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics here")
+    r.add_argument("--metrics-address", default="127.0.0.1", help="address for --metrics-port")
     sub.add_parser("schema", help="print the JSON Schema of graph files (for editors)")
     return p
 
@@ -98,6 +100,10 @@ def _run(plan: GraphPlan, args: argparse.Namespace) -> dict[str, Any]:
 
     async def go() -> dict[str, Any]:
         runtime = Runtime(plan, options)
+        if args.metrics_port is not None:
+            from engine.prometheus import serve
+
+            serve(runtime.metrics, plan.spec.name, args.metrics_port, args.metrics_address)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, runtime.stop)

@@ -128,3 +128,48 @@ def test_validate_connect_names_a_missing_model(triton_url: str) -> None:
         "validate", "graphs/face_detect.yaml", "--connect", "--set", f"nodes.detect.config.url={triton_url}"
     )
     assert ok.returncode == 0, ok.stderr
+
+
+def test_metrics_are_exposed_for_prometheus(clip_720p: Path, tmp_path: Path) -> None:
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "engine.cli",
+            "run",
+            "graphs/frames_jsonl.yaml",
+            "--set",
+            f"sources.0.url={clip_720p}",
+            "--output",
+            str(tmp_path),
+            "--progress-interval-s",
+            "0",
+            "--metrics-port",
+            str(port),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        body = ""
+        for _ in range(100):
+            time.sleep(0.1)
+            try:
+                body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1).read().decode()
+            except OSError:
+                continue
+            if 'framegraph_frames_out_total{graph="frames_jsonl",stream="cam0"}' in body:
+                break
+        assert 'framegraph_frames_in_total{graph="frames_jsonl",stream="cam0"}' in body
+        assert 'framegraph_stage_ms{graph="frames_jsonl",kind="work",node="decode",quantile="p95"}' in body
+    finally:
+        proc.terminate()
+        proc.wait(10)
