@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import logging
+import os
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -50,6 +53,28 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics here")
     r.add_argument("--metrics-address", default="127.0.0.1", help="address for --metrics-port")
     sub.add_parser("schema", help="print the JSON Schema of graph files (for editors)")
+    w = sub.add_parser("worker", help="run a graph as a worker: streams come from a registry, API on a port")
+    w.add_argument("graph", type=Path)
+    w.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE")
+    w.add_argument("--redis", default=os.environ.get("FG_REDIS_URL"), help="registry; none: in memory")
+    w.add_argument("--namespace", default="default", help="registry namespace (one per graph)")
+    w.add_argument("--worker-id", default=f"{socket.gethostname()}-{os.getpid()}")
+    w.add_argument("--lease-ttl-s", type=float, default=5.0)
+    w.add_argument("--api-address", default="127.0.0.1")
+    w.add_argument("--api-port", type=int, default=8080)
+    w.add_argument("--token-file", default=os.environ.get("FG_API_TOKEN_FILE"), help="bearer token file")
+    w.add_argument("--protect-reads", action="store_true", help="reads need the token too")
+    w.add_argument("--output", type=Path, default=Path("out"))
+    w.add_argument("--plugin", action="append", default=[], help="module to import (registers operators)")
+    w.add_argument("--log-level", default="INFO")
+    s = sub.add_parser("streams", help="list, add or remove streams through a worker's control API")
+    s.add_argument("action", choices=["ls", "add", "rm"])
+    s.add_argument("stream_id", nargs="?")
+    s.add_argument("--api", default=os.environ.get("FG_API_URL", "http://127.0.0.1:8080"))
+    s.add_argument("--token", default=os.environ.get("FG_API_TOKEN"))
+    s.add_argument("--url", help="with add: the stream's URL")
+    s.add_argument("--op", help="with add: the source operator")
+    s.add_argument("--config", default="{}", help="with add: the source config as JSON")
     return p
 
 
@@ -58,11 +83,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "schema":
         print(json.dumps(GraphSpec.model_json_schema(by_alias=True), indent=2))
         return 0
+    if args.command == "streams":
+        from engine.streams_client import streams_command
+
+        return streams_command(args)
+    for module in getattr(args, "plugin", []):
+        importlib.import_module(module)
     try:
         plan = load_plan(args.graph, args.overrides)
     except GraphConfigError as e:
         print(f"invalid graph:\n{e}", file=sys.stderr)
         return EXIT_INVALID
+    if args.command == "worker":
+        from engine.serve import serve_worker
+
+        logging.basicConfig(
+            level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+        return serve_worker(plan, args)
     if args.command == "validate":
         if args.connect:
             try:

@@ -76,7 +76,7 @@ def build_plan(doc: SourcedDoc) -> GraphPlan:
     except FramegraphError as e:
         raise GraphConfigError([doc.issue(("device",), str(e))]) from e
     _check_ids(doc, spec, issues)
-    sources = [sp for i, s in enumerate(spec.sources) if (sp := _source_plan(doc, i, s, issues))]
+    sources = [sp for i, s in enumerate(spec.sources) if (sp := _source_plan(doc, ("sources", i), s, issues))]
     nodes = [np_ for i, n in enumerate(spec.nodes) if (np_ := _node_plan(doc, i, n, device, issues))]
     edges = _edges(doc, spec, issues)
     order = _topological(doc, spec, edges, issues)
@@ -143,17 +143,33 @@ def _typed_config(
 
 
 def _source_plan(
-    doc: SourcedDoc, index: int, spec: SourceSpec, issues: list[ConfigIssue]
+    doc: SourcedDoc, prefix: PathKey, spec: SourceSpec, issues: list[ConfigIssue]
 ) -> SourcePlan | None:
     name = spec.resolved_op
-    cls = _lookup(doc, ("sources", index, "op"), name, issues)
+    cls = _lookup(doc, (*prefix, "op"), name, issues)
     if cls is None:
         return None
     if not issubclass(cls, Source):
-        issues.append(doc.issue(("sources", index, "op"), f"{name!r} is not a source operator"))
+        issues.append(doc.issue((*prefix, "op"), f"{name!r} is not a source operator"))
         return None
-    config = _typed_config(doc, ("sources", index, "config"), cls, spec.config, issues)
+    config = _typed_config(doc, (*prefix, "config"), cls, spec.config, issues)
     return SourcePlan(spec, cls, config) if config is not None else None
+
+
+def source_plan(data: Any, origin: str = "request") -> SourcePlan:
+    """Validate one stream given at run time (control API, Redis registry): fields as in a graph."""
+    doc = SourcedDoc(data=data, name=origin)
+    try:
+        spec = SourceSpec.model_validate(data)
+    except ValidationError as e:
+        raise GraphConfigError(_issues(doc, (), e)) from e
+    issues: list[ConfigIssue] = []
+    if spec.id == ALL_SOURCES:
+        issues.append(doc.issue(("id",), f"'{ALL_SOURCES}' is reserved (it names every source)"))
+    plan = _source_plan(doc, (), spec, issues)
+    if issues or plan is None:
+        raise GraphConfigError(issues)
+    return plan
 
 
 def _node_plan(

@@ -122,6 +122,10 @@ _BUILTIN: dict[str, str] = {
     "preprocess.torch": "operators.gpu_preprocess:TorchPreprocess",
     "preprocess.dali": "operators.gpu_preprocess:DaliPreprocess",
     "infer.torch": "operators.infer_torch:TorchInfer",
+    "track.bytetrack": "operators.track:ByteTrack",
+    "redact": "operators.redact:Redact",
+    "sink.file": "operators.video_out:FileSink",
+    "sink.rtsp": "operators.video_out:RtspSink",
 }
 _registered: dict[str, type[Any]] = {}
 

@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.errors import OperatorError
+from engine.errors import FramegraphError, OperatorError
 from engine.frame import Control, ControlKind, Item, Message, now_ns
 from engine.metrics import Metrics, NodeMetrics
-from engine.plan import GraphPlan, NodePlan, SourcePlan
+from engine.plan import ALL_SOURCES, GraphPlan, NodePlan, SourcePlan
 from engine.queues import EdgeQueue, Inbox
 from engine.registry import Operator, OperatorContext, Source, SourceContext
+from engine.spec import QueueSpec
 from engine.tracing import FrameTracer
 
 log = logging.getLogger("framegraph.runtime")
@@ -34,6 +35,7 @@ class RunOptions:
     device: str | None = None  # None: the device the plan chose
     threads: int = 64  # blocking work (decode, numpy) runs here
     span_exporter: Any = None  # tests: an OpenTelemetry exporter that overrides the graph's
+    keep_alive: bool = False  # a worker: run with no streams until stopped; streams come and go
 
 
 class _Node:
@@ -54,8 +56,19 @@ class _Node:
         return self.plan.spec.id
 
 
+@dataclass
+class _Stream:
+    """A running source: its operator, output edges, stop signal and task."""
+
+    plan: SourcePlan
+    source: Source[Any]
+    outputs: list[EdgeQueue]
+    stop: asyncio.Event
+    task: asyncio.Task[None] | None = None
+
+
 class Runtime:
-    """Runs one graph to completion (sources ended or stop requested)."""
+    """Runs one graph: until its sources end, or (keep_alive) until stopped while streams come and go."""
 
     def __init__(self, plan: GraphPlan, options: RunOptions | None = None) -> None:
         self.plan = plan
@@ -63,8 +76,9 @@ class Runtime:
         self.metrics = Metrics()
         self.stop_event = asyncio.Event()
         self._nodes: dict[str, _Node] = {}
-        self._source_outputs: dict[str, list[EdgeQueue]] = {}
-        self._sources: list[Source[Any]] = []
+        self.streams: dict[str, _Stream] = {}
+        self._keepalive: list[EdgeQueue] = []
+        self._built = False
         tracing = plan.spec.tracing
         self.tracer: FrameTracer | None = None
         if tracing.exporter != "none" or self.options.span_exporter is not None:
@@ -77,6 +91,40 @@ class Runtime:
     def stop(self) -> None:
         """Ask sources to end; the graph drains and `run` returns."""
         self.stop_event.set()
+        for stream in self.streams.values():
+            stream.stop.set()
+        for q in self._keepalive:
+            q.close()
+
+    def add_stream(self, plan: SourcePlan) -> None:
+        """Start a stream while the graph runs; it feeds every node whose inputs name 'sources'."""
+        sid = plan.spec.id
+        if sid in self.streams and not self._finished(sid):
+            raise FramegraphError(f"stream {sid!r} is already running")
+        if self.stop_event.is_set():
+            raise FramegraphError("the graph is stopping")
+        self.streams.pop(sid, None)
+        stream = self._make_stream(
+            plan, [(n.id, q) for n in self._consumers() for s, q in n.plan.spec.edges() if s == ALL_SOURCES]
+        )
+        stream.task = asyncio.create_task(self._run_source(stream), name=sid)
+
+    async def remove_stream(self, stream_id: str) -> None:
+        """Stop a stream; its per-stream state is released downstream (stream end)."""
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            raise KeyError(stream_id)
+        stream.stop.set()
+        if stream.task is not None:
+            await asyncio.wait([stream.task])  # done or cancelled (the graph stopping): either is final
+        self.streams.pop(stream_id, None)
+
+    def _finished(self, stream_id: str) -> bool:
+        task = self.streams[stream_id].task
+        return task is not None and task.done()
+
+    def _consumers(self) -> list[_Node]:
+        return [n for n in self._nodes.values() if any(s == ALL_SOURCES for s, _ in n.plan.spec.edges())]
 
     async def check(self) -> None:
         """Set up every operator (connect, load models, check them against the graph), then tear down."""
@@ -106,16 +154,15 @@ class Runtime:
                 await node.op.teardown()
             raise
         tasks = [asyncio.create_task(self._run_node(n), name=n.id) for n in self._nodes.values()]
-        tasks += [
-            asyncio.create_task(self._run_source(s, src), name=s.ctx.stream_id)
-            for s, src in zip(self._sources, self.plan.sources, strict=True)
-        ]
+        for stream in self.streams.values():
+            stream.task = asyncio.create_task(self._run_source(stream), name=stream.plan.spec.id)
         try:
             await asyncio.gather(*tasks)
         finally:
-            for t in tasks:
+            sources = [s.task for s in self.streams.values() if s.task is not None]
+            for t in [*tasks, *sources]:
                 t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, *sources, return_exceptions=True)
             if self.tracer is not None:
                 self.tracer.shutdown()
         return self.metrics.summary(self.plan.spec.name)
@@ -132,24 +179,37 @@ class Runtime:
                 configs[e.src] for e in self.plan.edges if e.dst == np_.spec.id and e.src in configs
             ]
             self._nodes[np_.spec.id] = _Node(np_, np_.cls(np_.config, ctx), m)
-        for sp in self.plan.sources:
-            sid = sp.spec.id
-            ctx_s = SourceContext(sid, sp.spec.url, self.metrics.node(sid), self.stop_event, opts.max_frames)
-            self._sources.append(sp.cls(sp.config, ctx_s))
-            self._source_outputs[sid] = []
-            self.metrics.stream(sid)
         for edge in self.plan.edges:
-            dst = self._nodes[edge.dst]
-            q = EdgeQueue(edge.src, edge.dst, edge.queue, dst.inbox, dst.metrics)
             if edge.src in self._nodes:
-                self._nodes[edge.src].outputs.append(q)
-            else:
-                self._source_outputs[edge.src].append(q)
+                dst = self._nodes[edge.dst]
+                self._nodes[edge.src].outputs.append(
+                    EdgeQueue(edge.src, edge.dst, edge.queue, dst.inbox, dst.metrics)
+                )
+        for sp in self.plan.sources:
+            self._make_stream(sp, [(e.dst, e.queue) for e in self.plan.edges if e.src == sp.spec.id])
+        if opts.keep_alive:  # an edge that stays open until stop: nodes outlive their streams
+            for node in self._consumers():
+                self._keepalive.append(EdgeQueue("", node.id, node.plan.spec.queue, node.inbox, node.metrics))
         terminals = [n for n in self._nodes.values() if not n.outputs]
         terminals[-1].primary_terminal = True
 
-    async def _run_source(self, source: Source[Any], plan: SourcePlan) -> None:
-        outputs = self._source_outputs[plan.spec.id]
+    def _make_stream(self, plan: SourcePlan, targets: list[tuple[str, QueueSpec]]) -> _Stream:
+        sid = plan.spec.id
+        stop = asyncio.Event()
+        if self.stop_event.is_set():
+            stop.set()
+        ctx = SourceContext(sid, plan.spec.url, self.metrics.node(sid), stop, self.options.max_frames)
+        outputs = [
+            EdgeQueue(sid, dst, queue, self._nodes[dst].inbox, self._nodes[dst].metrics)
+            for dst, queue in targets
+        ]
+        stream = _Stream(plan, plan.cls(plan.config, ctx), outputs, stop)
+        self.streams[sid] = stream
+        self.metrics.stream(sid)
+        return stream
+
+    async def _run_source(self, handle: _Stream) -> None:
+        source, plan, outputs = handle.source, handle.plan, handle.outputs
         stream = self.metrics.stream(plan.spec.id)
         sent_end = False
 
