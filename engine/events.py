@@ -51,7 +51,9 @@ def uuid7() -> str:
     """A time-ordered UUID (RFC 9562 version 7): 48-bit Unix milliseconds, then random bits."""
     ms = time.time_ns() // 1_000_000
     rand = int.from_bytes(os.urandom(10), "big")
-    value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | (rand >> 68) << 64 | 0b10 << 62 | rand & ((1 << 62) - 1)
+    value = (
+        (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | (rand >> 68) << 64 | 0b10 << 62 | rand & ((1 << 62) - 1)
+    )
     return str(uuid.UUID(int=value))
 
 
@@ -115,7 +117,9 @@ def frame_events(frame: Frame, graph: str, summary: SummaryPolicy = "every_frame
             _warned_types.add(kind)
             log.warning("event type %r is not in schema %s; published as is", kind, SCHEMA_VERSION)
         fields = {k: _plain(v) for k, v in raised.items() if k != "type"}
-        out.append({**fields, **_envelope(kind, graph, frame.stream_id, frame.capture_ns, trace), "seq": frame.seq})
+        out.append(
+            {**fields, **_envelope(kind, graph, frame.stream_id, frame.capture_ns, trace), "seq": frame.seq}
+        )
     return out
 
 

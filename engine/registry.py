@@ -126,6 +126,8 @@ _BUILTIN: dict[str, str] = {
     "redact": "operators.redact:Redact",
     "sink.file": "operators.video_out:FileSink",
     "sink.rtsp": "operators.video_out:RtspSink",
+    "sink.kafka": "operators.kafka_sink:KafkaSink",
+    "analytics.zones": "operators.analytics:ZoneAnalytics",
 }
 _registered: dict[str, type[Any]] = {}
 

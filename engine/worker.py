@@ -45,6 +45,7 @@ class Worker:
         self.owned: dict[str, float] = {}  # stream id -> when its lease was last renewed
         self.running_specs: dict[str, dict[str, Any]] = {}
         self.epoch: str | None = None
+        self.claim_after = 0.0  # monotonic time before which this worker claims nothing new
         self.ready = False
         self.store_ok = False
         self.errors: dict[str, str] = {}  # stream id -> why it could not start
@@ -85,6 +86,10 @@ class Worker:
             for spec in [*self.static_sources, *self.running_specs.values()]:
                 if spec["id"] not in known:
                     await store.put(spec)
+            if self.epoch is not None:
+                # the leases were lost with the registry while their holders still run them: claim
+                # nothing until every holder has had a full TTL to take its leases back
+                self.claim_after = time.monotonic() + ttl
             self.epoch = epoch
         await store.heartbeat(wid, ttl)
         self.store_ok = True
@@ -100,6 +105,8 @@ class Worker:
                 await self._start(sid, desired[sid])
             else:
                 self.owned[sid] = time.monotonic()
+        if time.monotonic() < self.claim_after:
+            return
         share = math.ceil(len(desired) / max(1, len(await store.live_workers())))
         if len(self.owned) > share:  # a worker joined: hand one stream back per tick
             await self._drop(sorted(self.owned)[-1], release=True)

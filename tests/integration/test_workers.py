@@ -1,0 +1,267 @@
+"""Workers sharing streams through a real Redis: even spread, failover after kill -9, Redis restart."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from tests.integration.conftest import ROOT, free_port
+
+TTL_S = 3.0
+GRAPH = """\
+name: workers
+sources:
+  - {id: s0, url: synthetic, op: test.synthetic, config: {frames: 10000000, fps: 15}}
+nodes:
+  - {id: events, op: sink.jsonl, inputs: [sources], config: {path: events.jsonl, flush_interval_s: 0.1}}
+"""
+
+
+class RedisServer:
+    """A private redis-server (nothing on disk) that a test may restart."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port)
+        for _ in range(100):
+            try:
+                if client.ping():
+                    return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    server.start()
+    yield server
+    server.kill()
+
+
+class Workers:
+    def __init__(self, tmp: Path, redis_url: str) -> None:
+        self.tmp = tmp
+        self.graph = tmp / "graph.yaml"
+        self.graph.write_text(GRAPH)
+        self.redis_url = redis_url
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.ports: dict[str, int] = {}
+
+    def start(self, wid: str) -> None:
+        self.ports[wid] = port = free_port()
+        self.procs[wid] = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "engine.cli",
+                "worker",
+                str(self.graph),
+                "--redis",
+                self.redis_url,
+                "--namespace",
+                "t",
+                "--worker-id",
+                wid,
+                "--lease-ttl-s",
+                str(TTL_S),
+                "--api-port",
+                str(port),
+                "--output",
+                str(self.tmp / wid),
+                "--plugin",
+                "engine.testing",
+                "--log-level",
+                "WARNING",
+            ],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def records(self) -> list[tuple[int, str, str]]:
+        """(capture_ns, stream, worker) of every frame every worker wrote."""
+        out = []
+        for wid in self.procs:
+            path = self.tmp / wid / "events.jsonl"
+            if path.exists():
+                for line in path.read_text().splitlines():
+                    if line.endswith("}"):
+                        r = json.loads(line)
+                        out.append((r["capture_ns"], r["stream_id"], wid))
+        return sorted(out)
+
+    def streams_of(self, since_ns: int) -> dict[str, set[str]]:
+        by_worker: dict[str, set[str]] = {}
+        for t, sid, wid in self.records():
+            if t > since_ns:
+                by_worker.setdefault(wid, set()).add(sid)
+        return by_worker
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def wait_until(predicate: object, timeout_s: float) -> float:
+    started = time.monotonic()
+    while not predicate():  # type: ignore[operator]
+        assert time.monotonic() - started < timeout_s, "condition not met in time"
+        time.sleep(0.2)
+    return time.monotonic() - started
+
+
+def segments(records: list[tuple[int, str, str]], stream: str) -> list[str]:
+    """The workers that processed `stream`, run by run, in capture order."""
+    runs: list[str] = []
+    for _, sid, wid in records:
+        if sid == stream and (not runs or runs[-1] != wid):
+            runs.append(wid)
+    return runs
+
+
+def test_three_workers_share_nine_streams_and_survive_a_kill(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    workers = Workers(tmp_path, redis_server.url)
+    try:
+        for wid in ("w1", "w2", "w3"):
+            workers.start(wid)
+        api = f"http://127.0.0.1:{workers.ports['w1']}"
+        wait_until(
+            lambda: httpx.get(f"{api}/readyz", timeout=1).status_code == 200 if _up(api) else False, 30
+        )
+        for i in range(1, 9):
+            body = {
+                "id": f"s{i}",
+                "url": "synthetic",
+                "op": "test.synthetic",
+                "config": {"frames": 10000000, "fps": 15},
+            }
+            assert httpx.post(f"{api}/streams", json=body, timeout=5).status_code == 201
+        t0 = time.time_ns()
+        wait_until(
+            lambda: (
+                sorted(len(s) for s in workers.streams_of(time.time_ns() - 1_000_000_000).values())
+                == [3, 3, 3]
+            ),
+            30,
+        )
+        victim = workers.streams_of(time.time_ns() - 1_000_000_000)["w1"]
+        workers.procs["w1"].send_signal(signal.SIGKILL)
+        killed_ns = time.time_ns()
+        failover_s = wait_until(
+            lambda: (
+                victim <= set().union(*(s for w, s in workers.streams_of(killed_ns).items() if w != "w1"))
+            ),
+            TTL_S + 5,
+        )
+        time.sleep(1)
+        records = workers.records()
+        for sid in [f"s{i}" for i in range(9)]:
+            runs = segments([r for r in records if r[0] > t0], sid)
+            assert len(runs) <= 3, (sid, runs)  # never two workers at once (that would alternate)
+        for sid in victim:
+            assert segments([r for r in records if r[0] > t0], sid)[-1] != "w1"
+        print(f"failover {failover_s:.2f} s")
+    finally:
+        workers.stop()
+
+
+def _up(api: str) -> bool:
+    try:
+        httpx.get(f"{api}/healthz", timeout=0.5)
+    except httpx.HTTPError:
+        return False
+    return True
+
+
+def test_redis_restart_workers_keep_their_streams_and_re_register(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    workers = Workers(tmp_path, redis_server.url)
+    client = redis.Redis(port=redis_server.port, decode_responses=True)
+    try:
+        for i in range(1, 4):
+            client.hset(
+                "fg:t:streams",
+                f"s{i}",
+                json.dumps(
+                    {
+                        "id": f"s{i}",
+                        "url": "synthetic",
+                        "op": "test.synthetic",
+                        "config": {"frames": 10000000, "fps": 15},
+                    }
+                ),
+            )
+        workers.start("w1")
+        workers.start("w2")
+        wait_until(
+            lambda: (
+                sorted(len(s) for s in workers.streams_of(time.time_ns() - 1_000_000_000).values()) == [2, 2]
+            ),
+            30,
+        )
+        time.sleep(1)
+        before = workers.streams_of(time.time_ns() - 1_000_000_000)
+        redis_server.kill()
+        time.sleep(0.5)
+        redis_server.start()  # empty: the registry and the leases are gone
+        restarted_ns = time.time_ns()
+        wait_until(lambda: len(client.hgetall("fg:t:streams")) == 4, 10)  # re-registered
+        time.sleep(2 * TTL_S)
+        after = workers.streams_of(restarted_ns + int(TTL_S * 1e9))
+        assert after == before  # everyone kept their streams
+        records = workers.records()
+        for sid in ["s0", "s1", "s2", "s3"]:
+            times = [t for t, s, _ in records if s == sid and t > restarted_ns - 3_000_000_000]
+            gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+            assert max(gaps) < 1_000_000_000, sid  # processing never paused
+        assert set(client.keys("fg:t:lease:*")) == {f"fg:t:lease:s{i}" for i in range(4)}
+    finally:
+        client.close()
+        workers.stop()
