@@ -75,7 +75,7 @@ def _build(node: yaml.Node, path: PathKey, doc: SourcedDoc, issues: list[ConfigI
     if isinstance(node, yaml.MappingNode):
         out: dict[str, Any] = {}
         for key_node, value_node in node.value:
-            key = yaml.safe_load(yaml.serialize(key_node))
+            key = _scalar(key_node, doc, path, issues)
             if not isinstance(key, str):
                 issues.append(doc.issue(path, f"keys must be strings, got {key!r}"))
                 continue
@@ -88,13 +88,24 @@ def _build(node: yaml.Node, path: PathKey, doc: SourcedDoc, issues: list[ConfigI
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_build(v, (*path, i), doc, issues) for i, v in enumerate(node.value)]
-    value = yaml.safe_load(yaml.serialize(node))
+    value = _scalar(node, doc, path, issues)
     if isinstance(value, str) and "${" in value:
         try:
             return interpolate(value)
         except KeyError as e:
             issues.append(doc.issue(path, f"environment variable {e.args[0]} is not set"))
     return value
+
+
+def _scalar(node: yaml.Node, doc: SourcedDoc, path: PathKey, issues: list[ConfigIssue]) -> Any:
+    """A plain YAML value; a tag safe YAML does not know (`!python/...`, `!foo`) is an issue."""
+    try:
+        return yaml.safe_load(yaml.serialize(node))
+    except yaml.YAMLError as e:
+        origin = f"{doc.name}:{node.start_mark.line + 1}"
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        issues.append(ConfigIssue(origin, dotted(path), f"unsupported YAML value ({node.tag}): {problem}"))
+        return None
 
 
 def interpolate(value: str) -> str:
