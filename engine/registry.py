@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
@@ -35,10 +36,25 @@ class OperatorContext:
     graph_name: str = ""
     upstream: list[BaseModel] = field(default_factory=list)  # configs of the nodes feeding this one
     tracer: Any = None  # engine.tracing.FrameTracer when the graph traces frames
+    pinned_threads: int = 2  # threads of run_pinned (the runtime sets the node's `workers`)
+    _pinned: ThreadPoolExecutor | None = None
 
     async def run_blocking(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run blocking work (decode, numpy) in a thread, keeping the event loop free."""
         return await asyncio.to_thread(fn, *args)
+
+    async def run_pinned(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run blocking work on this operator's own few threads (GPU work: CUDA contexts, cuDNN
+        handles and DALI pipelines belong to threads; a shared pool would spread them over dozens)."""
+        if self._pinned is None:
+            self._pinned = ThreadPoolExecutor(self.pinned_threads, f"{self.node_id}-pinned")
+        return await asyncio.get_running_loop().run_in_executor(self._pinned, fn, *args)
+
+    def close(self) -> None:
+        """Release the operator's own threads (the runtime calls it after teardown)."""
+        if self._pinned is not None:
+            self._pinned.shutdown(wait=False)
+            self._pinned = None
 
 
 class Operator(Generic[ConfigT]):

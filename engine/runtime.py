@@ -175,6 +175,7 @@ class Runtime:
             device = opts.device or self.plan.device
             ctx = OperatorContext(np_.spec.id, m, device, opts.output_dir, self.plan.spec.name)
             ctx.tracer = self.tracer
+            ctx.pinned_threads = max(1, np_.spec.workers)
             ctx.upstream = [
                 configs[e.src] for e in self.plan.edges if e.dst == np_.spec.id and e.src in configs
             ]
@@ -252,6 +253,7 @@ class Runtime:
             try:
                 await node.op.teardown()
             finally:
+                node.op.ctx.close()
                 for q in node.outputs:
                     q.close()
 

@@ -149,12 +149,12 @@ class TorchPreprocess(Operator[PreprocessConfig]):
         self.t: _Torch | None = None
 
     async def setup(self) -> None:
-        self.t = await self.ctx.run_blocking(_Torch, "preprocess.torch")
+        self.t = await self.ctx.run_pinned(_Torch, "preprocess.torch")
 
     async def process_batch(self, items: list[Item]) -> Sequence[Item]:
         frames = _frames(items, "preprocess.torch")
         if frames:
-            await self.ctx.run_blocking(self._run, frames)
+            await self.ctx.run_pinned(self._run, frames)
         return items
 
     def _run(self, frames: list[Frame]) -> None:
@@ -189,7 +189,7 @@ class DaliPreprocess(Operator[PreprocessConfig]):
         self.lock = threading.Lock()
 
     async def setup(self) -> None:
-        await self.ctx.run_blocking(self._setup)
+        await self.ctx.run_pinned(self._setup)
 
     def _setup(self) -> None:
         from engine.device import cuda_reason, import_error
@@ -209,7 +209,7 @@ class DaliPreprocess(Operator[PreprocessConfig]):
     async def process_batch(self, items: list[Item]) -> Sequence[Item]:
         frames = _frames(items, "preprocess.dali")
         if frames:
-            await self.ctx.run_blocking(self._run, frames)
+            await self.ctx.run_pinned(self._run, frames)
         return items
 
     def _device_of(self, image: Any) -> Any:

@@ -155,7 +155,7 @@ class TorchInfer(Operator[TorchInferConfig]):
     async def setup(self) -> None:
         cfg = self.config
         path = resolve_model_path(cfg.onnx_path)
-        self.model = await self.ctx.run_blocking(TorchModel, path, cfg.device, cfg.gpu_id, cfg.fp16)
+        self.model = await self.ctx.run_pinned(TorchModel, path, cfg.device, cfg.gpu_id, cfg.fp16)
         known = self.model.output_names
         missing = [n for n in cfg.output_names or [] if n not in known]
         if missing:
@@ -165,7 +165,7 @@ class TorchInfer(Operator[TorchInferConfig]):
         self.output_names = cfg.output_names or known
         shape = self._check_upstream()
         if shape is not None and cfg.warmup and self.model.device.type == "cuda":
-            await self.ctx.run_blocking(self._warmup, shape)
+            await self.ctx.run_pinned(self._warmup, shape)
         log.info("node %s: %s on %s", self.ctx.node_id, path.name, self.model.describe())
 
     def _check_upstream(self) -> list[int] | None:
@@ -197,7 +197,7 @@ class TorchInfer(Operator[TorchInferConfig]):
             if f.tensor is None:
                 raise OperatorError(f"node {self.ctx.node_id}: frame has no tensor; add a preprocess node")
         for batch in _split(frames, self.config.max_batch):
-            await self.ctx.run_blocking(self._infer, batch)
+            await self.ctx.run_pinned(self._infer, batch)
         return items
 
     def _infer(self, frames: list[Frame]) -> None:
