@@ -129,21 +129,13 @@ class Runtime:
     async def check(self) -> None:
         """Set up every operator (connect, load models, check them against the graph), then tear down."""
         self._build()
-        started: list[_Node] = []
-        try:
-            for node in self._nodes.values():
-                await node.op.setup()
-                started.append(node)
-        finally:
-            for node in reversed(started):
-                await node.op.teardown()
+        await self._setup_all()
+        for node in reversed(self._nodes.values()):
+            await node.op.teardown()
+            node.op.ctx.close()
 
-    async def run(self) -> dict[str, Any]:
-        """Set up every operator, run all streams through, tear down; return the summary."""
-        loop = asyncio.get_running_loop()
-        loop.set_default_executor(ThreadPoolExecutor(self.options.threads, "framegraph"))
-        self.metrics.started_s = time.monotonic()
-        self._build()
+    async def _setup_all(self) -> None:
+        """Set up the operators in graph order; on a failure, tear down those already set up."""
         started: list[_Node] = []
         try:
             for node in self._nodes.values():
@@ -152,7 +144,16 @@ class Runtime:
         except Exception:
             for node in reversed(started):
                 await node.op.teardown()
+                node.op.ctx.close()
             raise
+
+    async def run(self) -> dict[str, Any]:
+        """Set up every operator, run all streams through, tear down; return the summary."""
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(ThreadPoolExecutor(self.options.threads, "framegraph"))
+        self.metrics.started_s = time.monotonic()
+        self._build()
+        await self._setup_all()
         tasks = [asyncio.create_task(self._run_node(n), name=n.id) for n in self._nodes.values()]
         for stream in self.streams.values():
             stream.task = asyncio.create_task(self._run_source(stream), name=stream.plan.spec.id)
