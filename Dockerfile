@@ -1,6 +1,6 @@
 # The worker image the k8s manifests run: framegraph on PATH, scripts/ and triton_models/ in /app.
 FROM python:3.11-slim
-RUN apt-get update && apt-get install -y --no-install-recommends libgl1 && rm -rf /var/lib/apt/lists/*
+RUN apt-get update && apt-get install -y --no-install-recommends libgl1 libglib2.0-0 && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY engine engine

@@ -8,6 +8,7 @@ clip is encoded to H.264 with PyAV. Used by the redaction leak test and the defa
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
 
@@ -88,11 +89,15 @@ def moving_faces(
 def write_clip(
     path: str | Path,
     frames: list[tuple[Image, FloatArray]],
-    perturbation: Perturbation = "clean",
+    perturbation: Perturbation | Sequence[Perturbation] = "clean",
     fps: int = 30,
     crf: int = 18,
 ) -> Path:
-    """Encode frames (perturbed) to an H.264 MP4 (yuv420p, no B-frames); returns the path."""
+    """Encode frames (perturbed) to an H.264 MP4 (yuv420p, no B-frames); returns the path.
+
+    `perturbation` is one for every frame, or one per frame.
+    """
+    kinds = [perturbation] * len(frames) if isinstance(perturbation, str) else list(perturbation)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(out), "w") as container:
@@ -101,7 +106,7 @@ def write_clip(
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.options = {"crf": str(crf), "bf": "0", "preset": "veryfast", "g": str(fps)}
         for i, (image, boxes) in enumerate(frames):
-            picture = perturb(image, perturbation, boxes, seed=i)
+            picture = perturb(image, kinds[i], boxes, seed=i)
             for packet in stream.encode(av.VideoFrame.from_ndarray(picture, format="rgb24")):
                 container.mux(packet)
         for packet in stream.encode():
@@ -112,4 +117,4 @@ def write_clip(
 def read_frames(path: str | Path) -> list[Image]:
     """Every frame of a video file as RGB uint8 (for checking outputs)."""
     with av.open(str(path)) as container:
-        return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+        return [np.asarray(f.to_ndarray(format="rgb24"), np.uint8) for f in container.decode(video=0)]

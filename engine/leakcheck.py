@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.golden import FloatArray, Image
+from engine.golden import FloatArray, Image, iou_matrix
 from operators.postprocess import decode_centerface
 from operators.preprocess import PreprocessConfig, preprocess_image
 
@@ -81,6 +81,36 @@ def check_frames(detector: CenterFaceOnnx, frames: list[Image], threshold: float
                 (i, [round(float(v), 1) for v in b], round(float(s), 3))
                 for b, s in zip(xyxy, score, strict=True)
             ]
+    return report
+
+
+def check_against_input(
+    detector: CenterFaceOnnx,
+    inputs: list[Image],
+    outputs: list[Image],
+    threshold: float = 0.3,
+    iou: float = 0.3,
+) -> LeakReport:
+    """Leaks of the faces the input showed: output faces overlapping an input face of the same frame.
+
+    For inputs whose backdrop itself holds face-like patterns the detector does not find in the
+    input (a heavily blurred photo of a face), redaction around them may make them score; those
+    are not the input's faces and are not counted here (`check_frames` counts everything).
+    """
+    report = LeakReport()
+    for i, (before, after) in enumerate(zip(inputs, outputs, strict=True)):
+        faces, _ = detector.detect(before, threshold)
+        found, score = detector.detect(after, threshold)
+        report.frames += 1
+        if len(faces) and len(found):
+            hit = iou_matrix(found, faces).max(1) >= iou
+            if hit.any():
+                report.leaked_frames += 1
+                report.faces += int(hit.sum())
+                report.max_score = max(report.max_score, float(score[hit].max()))
+                report.where += [
+                    (i, [round(float(v), 1) for v in found[j]], float(score[j])) for j in np.nonzero(hit)[0]
+                ]
     return report
 
 

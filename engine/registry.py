@@ -144,6 +144,8 @@ _BUILTIN: dict[str, str] = {
     "sink.rtsp": "operators.video_out:RtspSink",
     "sink.kafka": "operators.kafka_sink:KafkaSink",
     "analytics.zones": "operators.analytics:ZoneAnalytics",
+    "source.images": "operators.image_source:ImageSource",
+    "monitor.drift": "operators.drift:DriftMonitor",
 }
 _registered: dict[str, type[Any]] = {}
 

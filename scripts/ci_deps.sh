@@ -10,6 +10,7 @@ PKGS=(
   gstreamer1.0-plugins-ugly                 # x264enc
   gstreamer1.0-plugins-bad                  # h264parse lives here in GStreamer 1.22
   redis-server redis-tools                  # used only if no Redis already answers
+  libgl1 libglib2.0-0                       # OpenCV (opencv-python, which the tracker needs)
 )
 
 missing=()

@@ -1,13 +1,15 @@
 """`make demo`: the main job on embedded defaults, on a generated sample clip.
 
-Makes a sample clip from a real photo (if none), runs face detection through a local Triton
-(started for the run, stopped after), and says where the events are.
+Makes a sample clip from a real photo (if none), runs the face-redaction job on it through a
+local Triton (started for the run, stopped after): faces detected, tracked and blurred, the
+redacted video written as MP4; then says where the redacted video and the events are.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 from engine.cli import main as framegraph
@@ -23,10 +25,12 @@ def run() -> int:
         make_clip(clip, 1280, 720, fps=30, seconds=4)
     out = ROOT / "out/demo"
     summary = out / "summary.json"
+    events = out / "face_redaction.jsonl"
+    events.unlink(missing_ok=True)  # sink.jsonl appends: count this run's events only
     code = framegraph(
         [
             "run",
-            str(ROOT / "graphs/face_detect.yaml"),
+            str(ROOT / "graphs/face_redaction.yaml"),
             "--set",
             f"sources.0.url={clip}",
             "--output",
@@ -39,12 +43,14 @@ def run() -> int:
     )
     if code != 0:
         return code
-    events = out / "face_detect.jsonl"
-    lines = events.read_text().splitlines() if events.exists() else []
-    faces = sum(len(json.loads(line).get("detections", [])) for line in lines)
-    print(f"\ndemo: {len(lines)} frames with faces, {faces} faces in all")
-    print(f"demo: events  -> {events.relative_to(ROOT)}")
-    print(f"demo: summary -> {summary.relative_to(ROOT)}")
+    video = out / "cam0.mp4"
+    raised = [json.loads(line) for line in events.read_text().splitlines()] if events.exists() else []
+    treatments = Counter(e["treatment"] for e in raised if e["type"] == "redaction")
+    tracks = sum(e["type"] == "track.start" for e in raised)
+    print(f"\ndemo: {sum(treatments.values())} frames: {dict(treatments)}; {tracks} face tracks")
+    print(f"demo: redacted video -> {video.relative_to(ROOT)}")
+    print(f"demo: events         -> {events.relative_to(ROOT)}")
+    print(f"demo: summary        -> {summary.relative_to(ROOT)}")
     return 0
 
 

@@ -4,6 +4,9 @@
 Run with Debian's /usr/bin/python3 (python3-gi + GstRtspServer; see scripts/ci_deps.sh).
   rtsp://127.0.0.1:PORT/<stem>  one mount per <stem>.mp4 (dir rescanned every second)
   rtsp://127.0.0.1:PORT/test    live 1280x720@30 test pattern
+  rtsp://127.0.0.1:PORT/<name>  with --record-mount NAME: accepts a pushed H.264 stream
+                                (ANNOUNCE/RECORD, e.g. sink.rtsp or `ffmpeg -f rtsp`) and
+                                writes each session to <media-dir>/<name>-<n>.ts
 
 Why the clip mounts are built this way:
 - No re-encoding: the file is only demuxed/parsed, so many mounts cost almost no CPU.
@@ -42,6 +45,11 @@ READER_LAUNCH = (
     "filesrc name=file ! qtdemux ! h264parse config-interval=-1"
     " ! video/x-h264,stream-format=byte-stream,alignment=au"
     " ! appsink name=sink sync=true emit-signals=true"
+)
+# RECORD mounts: RTP in, H.264 out to MPEG-TS (readable even when the client vanishes).
+RECORD_LAUNCH = (
+    "( rtph264depay name=depay0 ! h264parse"
+    " ! mpegtsmux ! filesink name=sink sync=false location={path} )"
 )
 CLOCK = None  # one system clock for reader and media, so timestamps can be translated
 
@@ -164,12 +172,32 @@ def clip_factory(path):
     return factory
 
 
+def record_factory(media_dir, name):
+    """A mount that accepts RECORD and writes what is pushed to <name>-<n>.ts, one file a session."""
+    factory = GstRtspServer.RTSPMediaFactory()
+    factory.set_transport_mode(GstRtspServer.RTSPTransportMode.RECORD)
+    factory.set_shared(False)
+    sessions = [0]
+
+    def on_configure(_factory, media):
+        path = os.path.join(media_dir, f"{name}-{sessions[0]:03d}.ts")
+        sessions[0] += 1
+        media.get_element().get_by_name("sink").set_property("location", path)
+        log("recording", "/" + name, "->", path)
+
+    factory.set_launch(RECORD_LAUNCH.format(path=os.path.join(media_dir, name + ".ts")))
+    factory.connect("media-configure", on_configure)
+    return factory
+
+
 def main():
     global CLOCK
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--media-dir", required=True)
     ap.add_argument("--port", type=int, default=8554)
     ap.add_argument("--address", default="127.0.0.1")
+    ap.add_argument("--record-mount", action="append", default=[], metavar="NAME",
+                    help="a mount /NAME that accepts pushed streams (RECORD); repeatable")
     args = ap.parse_args()
 
     Gst.init(None)
@@ -185,13 +213,16 @@ def main():
     test.set_launch(TEST_LAUNCH)
     test.set_shared(True)
     mounts.add_factory("/test", test)
-    served = set()
+    for name in args.record_mount:
+        mounts.add_factory("/" + name, record_factory(media_dir, name))
+    served = set(args.record_mount)  # never unmounted by the rescan
 
     def rescan():
         try:
             stems = {f[:-4] for f in os.listdir(media_dir) if f.endswith(".mp4") and f[:-4] != "test"}
         except OSError:
             stems = set()
+        stems |= set(args.record_mount)
         for stem in sorted(stems - served):
             mounts.add_factory("/" + stem, clip_factory(os.path.join(media_dir, stem + ".mp4")))
             log("mounted", "/" + stem)

@@ -66,8 +66,9 @@ def private_triton() -> Iterator[TritonInstance]:
 class RtspServer:
     """A private RTSP server (scripts/rtsp_server.py) that a test may kill, hang and restart."""
 
-    def __init__(self, media_dir: Path) -> None:
+    def __init__(self, media_dir: Path, record_mounts: tuple[str, ...] = ()) -> None:
         self.media_dir = media_dir
+        self.record_mounts = record_mounts  # mounts that accept pushed streams (RECORD)
         self.port = free_port()
         self.proc: subprocess.Popen[str] | None = None
 
@@ -85,6 +86,7 @@ class RtspServer:
                     str(self.media_dir),
                     "--port",
                     str(self.port),
+                    *(arg for name in self.record_mounts for arg in ("--record-mount", name)),
                 ],
                 stdout=sink,
                 stderr=subprocess.STDOUT,
