@@ -75,6 +75,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--url", help="with add: the stream's URL")
     s.add_argument("--op", help="with add: the source operator")
     s.add_argument("--config", default="{}", help="with add: the source config as JSON")
+    from engine.eval_cli import add_parser as add_eval_parser
+
+    add_eval_parser(sub)
     return p
 
 
@@ -87,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
         from engine.streams_client import streams_command
 
         return streams_command(args)
+    if args.command == "eval":
+        from engine.eval_cli import command as eval_command
+
+        return eval_command(args)
     for module in getattr(args, "plugin", []):
         importlib.import_module(module)
     try:

@@ -66,10 +66,16 @@ def backdrop(rng: np.random.Generator, width: int, height: int) -> Image:
     return np.ascontiguousarray(np.concatenate(panels, axis=1))
 
 
-def golden_frames(seed: int, n: int, width: int = 1920, height: int = 1080) -> list[tuple[Image, FloatArray]]:
+def golden_frames(
+    seed: int,
+    n: int,
+    width: int = 1920,
+    height: int = 1080,
+    face_height_px: tuple[float, float] = FACE_HEIGHT_PX,
+) -> list[tuple[Image, FloatArray]]:
     """`n` RGB frames with 1-3 non-overlapping astronaut faces each, and their xyxy face boxes.
 
-    Face heights are uniform in 60..300 px; the same seed gives the same frames.
+    Face heights are uniform in `face_height_px` (60..300 px); the same seed gives the same frames.
     """
     rng = np.random.default_rng(seed)
     cx0, cy0, cx1, cy1 = _CROP
@@ -81,7 +87,7 @@ def golden_frames(seed: int, n: int, width: int = 1920, height: int = 1080) -> l
         placed: list[tuple[int, int, int, int]] = []
         boxes: list[FloatArray] = []
         for _face in range(int(rng.integers(1, 4))):
-            s = rng.uniform(*FACE_HEIGHT_PX) / float(face[3] - face[1])
+            s = rng.uniform(*face_height_px) / float(face[3] - face[1])
             pw, ph = round(head.shape[1] * s), round(head.shape[0] * s)
             for _try in range(50):
                 x, y = int(rng.integers(0, width - pw + 1)), int(rng.integers(0, height - ph + 1))

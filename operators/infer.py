@@ -48,6 +48,12 @@ class TritonConfig(StrictModel):
         "auto", description="auto: system shared memory when the server is on this host."
     )
 
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_as_text(cls, value: Any) -> Any:
+        # `version: 1` (or --set ...version=1) reads as a number; Triton names versions by text
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
     @field_validator("shared_memory", mode="before")
     @classmethod
     def _yaml_booleans(cls, value: Any) -> Any:

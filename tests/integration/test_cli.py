@@ -160,7 +160,7 @@ def test_metrics_are_exposed_for_prometheus(clip_720p: Path, tmp_path: Path) -> 
     )
     try:
         body = ""
-        for _ in range(100):
+        for _ in range(300):  # a loaded machine can take a while to start the run
             time.sleep(0.1)
             try:
                 body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1).read().decode()

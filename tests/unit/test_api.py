@@ -28,7 +28,9 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 @pytest.fixture
 async def api(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Worker]]:
-    worker = Worker(plan_from_yaml(GRAPH), RunOptions(output_dir=tmp_path), MemoryStore(), "w1", lease_ttl_s=1.0)
+    worker = Worker(
+        plan_from_yaml(GRAPH), RunOptions(output_dir=tmp_path), MemoryStore(), "w1", lease_ttl_s=1.0
+    )
     task = asyncio.create_task(worker.run())
     transport = httpx.ASGITransport(app=create_app(worker, TOKEN))
     async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
@@ -58,7 +60,9 @@ async def test_mutations_need_the_right_token(api: tuple[httpx.AsyncClient, Work
     assert (await client.get("/streams")).status_code == 200  # reads are open by default
 
 
-async def test_added_stream_is_processed_and_removed_stream_released(api: tuple[httpx.AsyncClient, Worker]) -> None:
+async def test_added_stream_is_processed_and_removed_stream_released(
+    api: tuple[httpx.AsyncClient, Worker],
+) -> None:
     client, worker = api
     body = {"id": "cam1", "url": "synthetic", "op": "test.synthetic", "config": {"frames": 100000, "fps": 50}}
     created = await client.post("/streams", json=body, headers=AUTH)
@@ -81,15 +85,19 @@ async def test_added_stream_is_processed_and_removed_stream_released(api: tuple[
     ("body", "loc"),
     [
         ({"id": "c", "url": "x", "op": "test.synthetic", "config": {"fps": -1}}, ["body", "config", "fps"]),
-        ({"id": "c", "url": "x", "op": "test.synthetic", "config": {"colour": 1}}, ["body", "config", "colour"]),
+        (
+            {"id": "c", "url": "x", "op": "test.synthetic", "config": {"colour": 1}},
+            ["body", "config", "colour"],
+        ),
         ({"id": "c", "url": "x", "op": "decode.pyav"}, ["body", "op"]),
         ({"id": "c", "url": "x", "colour": "red"}, ["body", "colour"]),
         ({"id": "bad id", "url": "x"}, ["body", "id"]),
         ({"url": "x"}, ["body", "id"]),
     ],
 )
-async def test_bad_bodies_get_422_naming_the_field(api: tuple[httpx.AsyncClient, Worker], body: dict[str, object],
-                                                   loc: list[str]) -> None:
+async def test_bad_bodies_get_422_naming_the_field(
+    api: tuple[httpx.AsyncClient, Worker], body: dict[str, object], loc: list[str]
+) -> None:
     client, _ = api
     response = await client.post("/streams", json=body, headers=AUTH)
     assert response.status_code == 422
