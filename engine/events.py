@@ -11,15 +11,16 @@ they do not know. Renaming or removing a field, or changing its type, bumps the 
 
 from __future__ import annotations
 
-import json
+import functools
 import logging
 import os
+import random
 import time
-import uuid
 from datetime import datetime, timezone
 from typing import Any, Literal
 
 import numpy as np
+import orjson
 
 from engine.frame import Control, ControlKind, Frame, now_ns
 from engine.tracing import trace_id
@@ -44,24 +45,31 @@ FRAME_EVENT_TYPES = frozenset(
 EVENT_TYPES = FRAME_EVENT_TYPES | {"detections", "stream.health"}
 
 log = logging.getLogger("framegraph.events")
+# Seeded from the OS once (reseeded in forked children); per id, os.urandom would be a syscall
+# that lets other threads take the GIL, on the hot path.
+_random = random.Random(os.urandom(16))
+os.register_at_fork(after_in_child=lambda: _random.seed(os.urandom(16)))
 _warned_types: set[str] = set()
 
 
 def uuid7() -> str:
     """A time-ordered UUID (RFC 9562 version 7): 48-bit Unix milliseconds, then random bits."""
     ms = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big")
-    value = (
-        (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | (rand >> 68) << 64 | 0b10 << 62 | rand & ((1 << 62) - 1)
-    )
-    return str(uuid.UUID(int=value))
+    rand = _random.getrandbits(80)
+    rand_a, rand_b = rand >> 68, rand & ((1 << 62) - 1)  # 12 and 62 random bits
+    h = f"{(ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | rand_a << 64 | 0b10 << 62 | rand_b:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+@functools.lru_cache(maxsize=64)
+def _iso_second(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def iso_time(ns: int) -> str:
     """Nanoseconds since the epoch as ISO 8601 UTC with microseconds: 2026-11-26T15:04:05.123456Z."""
     seconds, rest = divmod(ns, 1_000_000_000)
-    dt = datetime.fromtimestamp(seconds, timezone.utc).replace(microsecond=rest // 1000)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return f"{_iso_second(seconds)}.{rest // 1000:06d}Z"
 
 
 def _envelope(kind: str, graph: str, stream_id: str, capture_ns: int, trace: str | None) -> dict[str, Any]:
@@ -81,13 +89,13 @@ def detection_summary(frame: Frame, graph: str, trace: str | None = None) -> dic
     """The `detections` event of a frame: what was found (boxes in source pixels) and how sure."""
     det = frame.detections
     items: list[dict[str, Any]] = []
-    if det is not None:
-        boxes = np.round(det.xyxy.astype(np.float64), 1).tolist()
-        scores = np.round(det.score.astype(np.float64), 4).tolist()
+    if det is not None and len(det):
+        boxes = det.xyxy.astype(np.float64).round(1).tolist()
+        scores = det.score.astype(np.float64).round(4).tolist()
         classes = det.class_id.tolist()
         tracks = det.track_id.tolist() if det.track_id is not None else None
-        for i in range(len(det)):
-            entry: dict[str, Any] = {"xyxy": boxes[i], "score": scores[i], "class_id": classes[i]}
+        for i, box in enumerate(boxes):
+            entry: dict[str, Any] = {"xyxy": box, "score": scores[i], "class_id": classes[i]}
             if tracks is not None:
                 entry["track_id"] = tracks[i]
             items.append(entry)
@@ -116,10 +124,9 @@ def frame_events(frame: Frame, graph: str, summary: SummaryPolicy = "every_frame
         if kind not in FRAME_EVENT_TYPES and kind not in _warned_types:
             _warned_types.add(kind)
             log.warning("event type %r is not in schema %s; published as is", kind, SCHEMA_VERSION)
-        fields = {k: _plain(v) for k, v in raised.items() if k != "type"}
-        out.append(
-            {**fields, **_envelope(kind, graph, frame.stream_id, frame.capture_ns, trace), "seq": frame.seq}
-        )
+        fields = {k: plain(v) for k, v in raised.items() if k != "type"}
+        envelope = _envelope(kind, graph, frame.stream_id, frame.capture_ns, trace)
+        out.append({**fields, **envelope, "seq": frame.seq})
     return out
 
 
@@ -169,8 +176,8 @@ class DegradationWatch:
         self._degraded.pop(stream_id, None)
 
 
-def _plain(value: Any) -> Any:
-    """Numpy scalars and arrays as plain JSON values."""
+def plain(value: Any) -> Any:
+    """Numpy scalars and arrays as plain JSON values (a `default` for json.dumps)."""
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):
@@ -178,6 +185,6 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def dumps(event: dict[str, Any]) -> str:
-    """An event as compact JSON (one line)."""
-    return json.dumps(event, separators=(",", ":"), default=_plain)
+def dumps(event: dict[str, Any]) -> bytes:
+    """An event as compact UTF-8 JSON (one line): a Kafka message value."""
+    return orjson.dumps(event, default=plain, option=orjson.OPT_SERIALIZE_NUMPY)

@@ -73,8 +73,8 @@ class FrameTracer:
 
     def child(self, parent: Any, name: str, start_ns: int, end_ns: int, attributes: dict[str, Any]) -> None:
         """Record a finished child span of `parent` (a frame's root span), e.g. a delivery ack."""
-        if parent is None or not parent.is_recording():
-            return
+        if parent is None or not parent.get_span_context().trace_flags.sampled:
+            return  # an ended root is fine: a late child (a delivery ack) joins its trace
         ctx = trace.set_span_in_context(parent)
         span = self.tracer.start_span(name, context=ctx, start_time=start_ns, attributes=attributes)
         span.end(end_time=end_ns)

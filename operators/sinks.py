@@ -10,6 +10,7 @@ from typing import IO, Any, Literal
 
 from pydantic import Field
 
+from engine.events import frame_events, plain
 from engine.frame import Frame, Item, Packet, now_ns
 from engine.registry import Operator
 from engine.spec import StrictModel
@@ -23,7 +24,11 @@ class JsonlConfig(StrictModel):
         "{graph}.jsonl", description="File name, relative to --output; {graph} is the graph name."
     )
     mode: Literal["frames", "events"] = Field(
-        "frames", description="frames: a summary per frame; events: only frames with detections."
+        "frames",
+        description=(
+            "frames: a summary per frame; events: the published events (engine/events.py), one a line: "
+            "a detection summary for frames with detections, and each event operators raised."
+        ),
     )
     flush_interval_s: float = Field(1.0, ge=0, description="How often buffered lines are flushed.")
 
@@ -53,6 +58,8 @@ def frame_record(frame: Frame, graph: str) -> dict[str, Any]:
             }
             for i in range(len(det))
         ]
+    if frame.events:
+        record["events"] = frame.events
     return record
 
 
@@ -83,8 +90,11 @@ class JsonlSink(Operator[JsonlConfig]):
 
     async def process(self, item: Item) -> Sequence[Item]:
         if isinstance(item, Frame) and self._file is not None:
-            if self.config.mode == "frames" or (item.detections is not None and len(item.detections)):
+            if self.config.mode == "frames":
                 self._file.write(json.dumps(frame_record(item, self.ctx.graph_name)) + "\n")
+            else:
+                for event in frame_events(item, self.ctx.graph_name, "with_detections"):
+                    self._file.write(json.dumps(event, default=plain) + "\n")
             now = time.monotonic()
             if now - self._last_flush_s >= self.config.flush_interval_s:
                 self._file.flush()

@@ -1,0 +1,131 @@
+"""sink.kafka's config: SASL/TLS checks, the producer options, and secrets that never leave it."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from engine.errors import GraphConfigError
+from engine.testing import plan_from_yaml, run_graph
+from operators.kafka_sink import KafkaSinkConfig, producer_options
+
+SECRET = "pw-8f3a-do-not-leak"
+
+
+def sasl(**kw: object) -> KafkaSinkConfig:
+    base: dict[str, object] = {
+        "bootstrap": "127.0.0.1:1",
+        "security_protocol": "SASL_SSL",
+        "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_username": "fg",
+        "sasl_password": SECRET,
+        "ssl_cafile": "/etc/ssl/ca.pem",
+    }
+    return KafkaSinkConfig.model_validate({**base, **kw})
+
+
+def test_producer_options_are_ordered_acked_and_authenticated() -> None:
+    opts = producer_options(sasl(bootstrap="a:9093, b:9093", compression="zstd"))
+    assert opts["bootstrap_servers"] == ["a:9093", "b:9093"]
+    assert opts["acks"] == "all"
+    assert opts["max_in_flight_requests_per_connection"] == 1
+    assert "enable_idempotence" not in opts  # auto: kafka-python enables it when the broker can
+    assert opts["security_protocol"] == "SASL_SSL"
+    assert (opts["sasl_mechanism"], opts["sasl_plain_username"], opts["sasl_plain_password"]) == (
+        "SCRAM-SHA-512",
+        "fg",
+        SECRET,
+    )
+    assert opts["ssl_cafile"] == "/etc/ssl/ca.pem"
+    assert opts["compression_type"] == "zstd"
+    assert producer_options(KafkaSinkConfig(bootstrap="a:1", idempotence="on"))["enable_idempotence"] is True
+
+
+def test_inconsistent_security_settings_are_rejected_without_echoing_the_password() -> None:
+    with pytest.raises(ValidationError, match="needs sasl_mechanism") as e:
+        sasl(sasl_username=None)
+    assert SECRET not in str(e.value)
+    with pytest.raises(ValidationError, match="need security_protocol SASL") as e:
+        KafkaSinkConfig.model_validate({"bootstrap": "a:1", "sasl_password": SECRET})
+    assert SECRET not in str(e.value)
+    with pytest.raises(ValidationError, match="delivery_timeout_s"):
+        KafkaSinkConfig(bootstrap="a:1", request_timeout_s=40, delivery_timeout_s=30)
+
+
+def test_the_password_is_masked_in_repr_dumps_and_graph_errors() -> None:
+    cfg = sasl()
+    assert SECRET not in repr(cfg)
+    assert SECRET not in cfg.model_dump_json()
+    graph = f"""
+name: g
+sources: [{{id: s0, url: synthetic, op: test.synthetic}}]
+nodes:
+  - id: out
+    op: sink.kafka
+    inputs: [sources]
+    config: {{bootstrap: "a:1", security_protocol: SASL_PLAINTEXT, sasl_password: "{SECRET}", bogus: 1}}
+"""
+    with pytest.raises(GraphConfigError) as e:
+        plan_from_yaml(graph)
+    assert "bogus" in str(e.value)
+    assert SECRET not in str(e.value)
+
+
+async def test_a_sink_that_cannot_authenticate_never_logs_the_password(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    graph = f"""
+name: g
+sources: [{{id: s0, url: synthetic, op: test.synthetic, config: {{frames: 20}}}}]
+nodes:
+  - id: out
+    op: sink.kafka
+    inputs: [sources]
+    config:
+      bootstrap: "127.0.0.1:1"
+      security_protocol: SASL_PLAINTEXT
+      sasl_mechanism: PLAIN
+      sasl_username: fg
+      sasl_password: "{SECRET}"
+      connect_timeout_s: 0.3
+      drain_timeout_s: 0.5
+"""
+    caplog.set_level(logging.DEBUG)  # every logger, kafka-python's included
+    _, summary = await run_graph(graph, output_dir=tmp_path)
+    events = summary["nodes"]["out"]["events"]
+    assert events["accepted"] == 22  # 20 summaries, connected, ended
+    assert events["spooled"] == 22
+    assert "no broker answers" in caplog.text
+    assert SECRET not in caplog.text
+    assert SECRET not in json.dumps(summary)
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+
+
+async def test_kafka_python_debug_logs_of_a_sasl_exchange_are_scrubbed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from kafka.protocol.sasl import SaslAuthenticateRequest
+
+    from engine.metrics import NodeMetrics
+    from engine.registry import OperatorContext
+    from operators.kafka_sink import KafkaSink
+
+    secret = SECRET + "-é"  # non-ASCII: bytes reprs escape it
+    plain = {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "PLAIN", "sasl_password": secret}
+    cfg = sasl(**plain, drain_timeout_s=0, connect_timeout_s=0.3)
+    sink = KafkaSink(cfg, OperatorContext("out", NodeMetrics("out"), output_dir=tmp_path))
+    caplog.set_level(logging.DEBUG)
+    await sink.setup()
+    # what kafka-python logs at DEBUG when it authenticates with PLAIN
+    request = SaslAuthenticateRequest(b"\0fg\0fg\0" + secret.encode())
+    logging.getLogger("kafka.net.connection").debug("Request %d: %s", 3, request)
+    await sink.teardown()
+    assert "SaslAuthenticateRequest(auth_bytes=b'\\x00fg\\x00fg\\x00***')" in caplog.text
+    assert secret not in caplog.text
+    assert repr(secret.encode())[2:-1] not in caplog.text
