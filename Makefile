@@ -5,6 +5,11 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# torch on the CPU runs the torch operators' CPU paths in the tests (preprocess.torch, torch tensors
+# into Triton). pip takes a local CPU wheel where PIP_FIND_LINKS has one; from PyPI on Linux it
+# is the CUDA build (~2.5 GB). `make test FG_TORCH=0` leaves it out (those tests then skip).
+FG_TORCH ?= 1
+TORCH_SPEC ?= torch==2.13.0
 
 .PHONY: install services stop-services demo test unit lint bench clean
 
@@ -12,6 +17,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
+	if [ "$(FG_TORCH)" != 0 ]; then $(BIN)/pip install -q '$(TORCH_SPEC)'; fi
 	touch $(STAMP)
 
 install: $(STAMP)

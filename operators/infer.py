@@ -3,13 +3,18 @@
 Model metadata is checked against the graph at setup, before frames flow. When the server is
 down or too slow, frames are marked degraded (`inference_unavailable`) and counted: they are
 never passed on as "nothing detected".
+
+Tensors may be numpy arrays (preprocess.cpu) or torch tensors on the CPU or a GPU
+(preprocess.torch / preprocess.dali). With a local server, host tensors go through system
+shared memory and CUDA tensors through CUDA shared memory (a device-to-device copy: frames stay
+on the GPU from NVDEC to the model); outputs come back through system shared memory once their
+shapes are known. See `operators/triton_shm.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -22,10 +27,23 @@ from engine.frame import Frame, Item
 from engine.registry import Operator, OperatorContext
 from engine.spec import StrictModel
 from operators.triton_local import LocalTriton
+from operators.triton_shm import (
+    NP_TO_TRITON,
+    CudaRegion,
+    OutputLayout,
+    Slot,
+    SlotPool,
+    SystemRegion,
+    cuda_shm_reason,
+    dtype_name,
+    ensure_registered,
+    host_array,
+    is_cuda,
+)
 
 log = logging.getLogger("framegraph.infer")
 DEGRADED = "inference_unavailable"
-_NP_TO_TRITON = {"float32": "FP32", "float16": "FP16", "uint8": "UINT8", "int64": "INT64"}
+_LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
 class TritonConfig(StrictModel):
@@ -44,8 +62,15 @@ class TritonConfig(StrictModel):
         gt=0,
         description="While the server is down, try it at most this often; frames meanwhile degrade.",
     )
-    shared_memory: Literal["auto", "system", "off"] = Field(
-        "auto", description="auto: system shared memory when the server is on this host."
+    shared_memory: Literal["auto", "system", "cuda", "off"] = Field(
+        "auto",
+        description=(
+            "auto: when the server is on this host, host tensors through system shared memory and "
+            "CUDA tensors through CUDA shared memory where tritonclient can (cuda-python), else "
+            "through the host; system: host memory only (CUDA tensors copied to the host); cuda: "
+            "CUDA tensors through CUDA shared memory or fail at setup (server on this machine's "
+            "GPU); off: tensors inside the gRPC messages."
+        ),
     )
 
     @field_validator("version", mode="before")
@@ -64,34 +89,12 @@ class TritonConfig(StrictModel):
 def _split_batches(frames: list[Frame], max_batch: int) -> list[list[Frame]]:
     groups: dict[tuple[Any, ...], list[Frame]] = {}
     for f in frames:
-        groups.setdefault((f.tensor.shape, f.tensor.dtype.str), []).append(f)
+        t = f.tensor
+        groups.setdefault((tuple(t.shape), dtype_name(t), str(getattr(t, "device", "cpu"))), []).append(f)
     out = []
     for group in groups.values():
         out += [group[i : i + max_batch] for i in range(0, len(group), max_batch)]
     return out
-
-
-class _ShmSlot:
-    """A system shared-memory region for one in-flight request's input tensor."""
-
-    def __init__(self, name: str, size: int) -> None:
-        import tritonclient.utils.shared_memory as shm
-
-        self.name = name
-        self.size = size
-        self.key = f"/{name}"
-        self.handle = shm.create_shared_memory_region(name, self.key, size)
-        self.registered = False
-
-    def write(self, batch: np.ndarray) -> None:
-        import tritonclient.utils.shared_memory as shm
-
-        shm.set_shared_memory_region(self.handle, [batch])
-
-    def destroy(self) -> None:
-        import tritonclient.utils.shared_memory as shm
-
-        shm.destroy_shared_memory_region(self.handle)
 
 
 class TritonInfer(Operator[TritonConfig]):
@@ -111,8 +114,9 @@ class TritonInfer(Operator[TritonConfig]):
         self.max_batch = 1
         self.down_since: float | None = None
         self.next_probe_s = 0.0
-        self.slots: list[_ShmSlot] = []
-        self.free_slots: asyncio.Queue[_ShmSlot] | None = None
+        self.pool: SlotPool | None = None  # None: tensors travel inside the gRPC messages
+        self.cuda_shm: bool | None = None  # None: not decided yet (on the first CUDA batch)
+        self.layouts: dict[tuple[Any, ...], OutputLayout] = {}  # by input item shape and dtype
 
     async def setup(self) -> None:
         import tritonclient.grpc.aio as grpcclient
@@ -126,13 +130,21 @@ class TritonInfer(Operator[TritonConfig]):
         except Exception:
             await self.teardown()
             raise
-        if self._use_shm():
-            self.free_slots = asyncio.Queue()
-
-    def _use_shm(self) -> bool:
         mode = self.config.shared_memory
-        host = self.url.rsplit(":", 1)[0]
-        return mode == "system" or (mode == "auto" and host in ("127.0.0.1", "localhost", "::1"))
+        local = self.url.rsplit(":", 1)[0] in _LOCAL_HOSTS
+        if mode == "cuda":
+            why = cuda_shm_reason()
+            if why is not None:
+                await self.teardown()
+                raise OperatorError(
+                    f"node {self.ctx.node_id}: shared_memory: cuda needs tritonclient's CUDA shared "
+                    f"memory ({why}); pip install 'tritonclient[cuda]' (cuda-python), or use auto"
+                )
+            self.cuda_shm = True
+        elif mode in ("off", "system") or not local:
+            self.cuda_shm = False
+        if mode in ("system", "cuda") or (mode == "auto" and local):
+            self.pool = SlotPool(self.ctx.node_id)
 
     async def _check_model(self) -> None:
         from tritonclient.utils import InferenceServerException
@@ -178,7 +190,7 @@ class TritonInfer(Operator[TritonConfig]):
                 continue
             u: Any = up
             shape = [3, u.height, u.width] if u.layout == "chw" else [u.height, u.width, 3]
-            dtype = _NP_TO_TRITON.get(u.dtype, u.dtype)
+            dtype = NP_TO_TRITON.get(u.dtype, u.dtype)
             fits = len(shape) == len(dims) and all(d in (-1, s) for d, s in zip(dims, shape, strict=False))
             if not fits or dtype != self.input_dtype:
                 raise OperatorError(
@@ -188,14 +200,8 @@ class TritonInfer(Operator[TritonConfig]):
 
     async def teardown(self) -> None:
         if self.client is not None:
-            for slot in self.slots:
-                if slot.registered:
-                    try:
-                        await self.client.unregister_system_shared_memory(slot.name)
-                    except Exception as e:  # the server may be gone; the region is freed below
-                        log.debug("unregister %s failed: %s", slot.name, e)
-                slot.destroy()
-            self.slots.clear()
+            if self.pool is not None:
+                await self.pool.close(self.client)
             await self.client.close()
             self.client = None
         if self.local is not None:
@@ -217,11 +223,10 @@ class TritonInfer(Operator[TritonConfig]):
             self._degrade(frames)
             return
         self.ctx.metrics.events[f"batch_{len(frames)}"] += 1
-        batch = np.stack([f.tensor for f in frames])
         last_error: Exception | None = None
         for attempt in range(self.config.retries + 1):
             try:
-                results = await self._request(batch)
+                results = await self._request([f.tensor for f in frames])
             except InferenceUnavailable as e:
                 last_error = e
                 if attempt < self.config.retries:
@@ -243,8 +248,8 @@ class TritonInfer(Operator[TritonConfig]):
         if self.down_since is None:
             self.down_since = now
             log.error("node %s: inference unavailable, frames degraded: %s", self.ctx.node_id, last_error)
-            for slot in self.slots:
-                slot.registered = False  # a restarted server has forgotten the regions
+            if self.pool is not None:
+                self.pool.forget_registrations()  # a restarted server has forgotten the regions
         self.next_probe_s = time.monotonic() + self.config.probe_interval_s
         self._degrade(frames)
 
@@ -254,26 +259,32 @@ class TritonInfer(Operator[TritonConfig]):
             f.outputs = None
             f.degraded.add(DEGRADED)
 
-    async def _request(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+    async def _request(self, tensors: list[Any]) -> dict[str, np.ndarray]:
+        """One inference call for a batch of same-shape tensors; outputs as (B, ...) numpy arrays."""
         import tritonclient.grpc.aio as grpcclient
         from tritonclient.utils import InferenceServerException
 
-        datatype = _NP_TO_TRITON[batch.dtype.name]
-        inp = grpcclient.InferInput(self.input_name, list(batch.shape), datatype)
-        full_size = batch[0].nbytes * self.max_batch  # sized once for the largest batch
-        slot = await self._slot(full_size) if self.free_slots is not None else None
+        first, n = tensors[0], len(tensors)
+        item_shape, dtype = tuple(int(d) for d in first.shape), dtype_name(first)
+        if dtype not in NP_TO_TRITON:
+            raise OperatorError(f"node {self.ctx.node_id}: tensors of {dtype} cannot go to Triton")
+        inp = grpcclient.InferInput(self.input_name, [n, *item_shape], NP_TO_TRITON[dtype])
+        key = (item_shape, dtype)
+        layout = self.layouts.get(key)
+        slot = self.pool.acquire() if self.pool is not None else None
+        outputs = [grpcclient.InferRequestedOutput(name) for name in self.output_names]
+        offsets: dict[str, int] = {}
         try:
-            if slot is not None:
-                slot.write(batch)
-                if not slot.registered:
-                    await self.client.register_system_shared_memory(
-                        slot.name, slot.key, slot.size, client_timeout=self.config.timeout_s
-                    )
-                    slot.registered = True
-                inp.set_shared_memory(slot.name, batch.nbytes)
+            if slot is None:
+                inp.set_data_from_numpy(np.stack([host_array(t) for t in tensors]))
             else:
-                inp.set_data_from_numpy(batch)
-            outputs = [grpcclient.InferRequestedOutput(n) for n in self.output_names]
+                host = await self._put_input(slot, inp, tensors, layout)
+                if layout is not None and host is not None:
+                    offsets = layout.offsets(slot.output_base)
+                    for out in outputs:
+                        out.set_shared_memory(
+                            host.name, layout.item_bytes(out.name()) * n, offsets[out.name()]
+                        )
             result = await self.client.infer(
                 self.config.model,
                 [inp],
@@ -281,24 +292,95 @@ class TritonInfer(Operator[TritonConfig]):
                 outputs=outputs,
                 client_timeout=self.config.timeout_s,
             )
+            if offsets and slot is not None and slot.host is not None and layout is not None:
+                host = slot.host
+                self.ctx.metrics.events["output_shm_batches"] += 1
+                return {
+                    name: host.read(layout.dtypes[name], (n, *layout.shapes[name]), offsets[name])
+                    for name in self.output_names
+                }
+            arrays = {name: result.as_numpy(name) for name in self.output_names}
+            if slot is not None and all(a is not None and a.shape[0] == n for a in arrays.values()):
+                self.layouts[key] = OutputLayout.from_result(arrays, self.max_batch)
+            return arrays
         except InferenceServerException as e:
+            if offsets:  # outputs may have changed shape: learn them again from a plain reply
+                self.layouts.pop(key, None)
             raise InferenceUnavailable(f"{self.config.model}: {e.message()}") from e
         finally:
-            if slot is not None and self.free_slots is not None:
-                self.free_slots.put_nowait(slot)
-        return {n: result.as_numpy(n) for n in self.output_names}
+            if slot is not None and self.pool is not None:
+                self.pool.release(slot)
 
-    async def _slot(self, nbytes: int) -> _ShmSlot:
-        """A free shared-memory slot large enough for `nbytes` (one per request in flight)."""
-        assert self.free_slots is not None
-        slot = self.free_slots.get_nowait() if not self.free_slots.empty() else None
-        if slot is not None and slot.size >= nbytes:
-            return slot
-        if slot is not None:  # too small: replace it
-            if slot.registered:
-                await self.client.unregister_system_shared_memory(slot.name)
-            slot.destroy()
-            self.slots.remove(slot)
-        new = _ShmSlot(f"fg-{os.getpid()}-{self.ctx.node_id}-{time.monotonic_ns()}", nbytes)
-        self.slots.append(new)
-        return new
+    async def _put_input(
+        self, slot: Slot, inp: Any, tensors: list[Any], layout: OutputLayout | None
+    ) -> SystemRegion | None:
+        """Write the batch into the slot's shared memory and point `inp` at it; the host region back."""
+        assert self.pool is not None
+        first, n = tensors[0], len(tensors)
+        item_bytes = int(np.prod(first.shape, dtype=np.int64)) * np.dtype(dtype_name(first)).itemsize
+        outputs_bytes = layout.nbytes() if layout is not None else 0
+        if is_cuda(first) and self._cuda_shm_usable():
+            region = await self.pool.size_cuda(
+                slot, self.client, item_bytes * self.max_batch, first.device.index or 0
+            )
+            await self.ctx.run_pinned(_write_cuda, region, tensors)
+            if await self._register_cuda(region):
+                inp.set_shared_memory(region.name, item_bytes * n)
+                self.ctx.metrics.events["cuda_shm_batches"] += 1
+                if outputs_bytes == 0:
+                    return None
+                host = await self.pool.size_host(slot, self.client, 0, outputs_bytes)
+                await ensure_registered(host, self.client, self.config.timeout_s)
+                return host
+        if is_cuda(first):
+            self.ctx.metrics.events["cuda_host_copies"] += n
+        host = await self.pool.size_host(slot, self.client, item_bytes * self.max_batch, outputs_bytes)
+        await self.ctx.run_blocking(host.write, [host_array(t) for t in tensors])
+        await ensure_registered(host, self.client, self.config.timeout_s)
+        inp.set_shared_memory(host.name, item_bytes * n)
+        return host
+
+    def _cuda_shm_usable(self) -> bool:
+        if self.cuda_shm is None:  # auto, local server: decided on the first CUDA batch
+            why = cuda_shm_reason()
+            self.cuda_shm = why is None
+            if why is not None:
+                log.warning(
+                    "node %s: CUDA tensors go to Triton through host memory (no CUDA shared memory: %s)",
+                    self.ctx.node_id,
+                    why,
+                )
+        return self.cuda_shm
+
+    async def _register_cuda(self, region: CudaRegion) -> bool:
+        """Register a CUDA region; in auto mode a server that refuses it turns CUDA shm off (False)."""
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            await ensure_registered(region, self.client, self.config.timeout_s)
+        except InferenceServerException as e:
+            if self.config.shared_memory == "cuda" or not await self._server_live():
+                raise
+            log.warning(
+                "node %s: Triton refused CUDA shared memory (%s): CUDA tensors go through host memory",
+                self.ctx.node_id,
+                e.message(),
+            )
+            self.ctx.metrics.events["cuda_shm_refused"] += 1
+            self.cuda_shm = False
+            return False
+        return True
+
+    async def _server_live(self) -> bool:
+        try:
+            return bool(await self.client.is_server_live(client_timeout=self.config.timeout_s))
+        except Exception:
+            return False
+
+
+def _write_cuda(region: CudaRegion, tensors: list[Any]) -> None:
+    """Stack a batch of CUDA tensors on their GPU and copy it into a CUDA region (device to device)."""
+    import torch
+
+    batch = torch.stack(tensors) if len(tensors) > 1 else tensors[0].unsqueeze(0).contiguous()
+    region.write(batch)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -64,10 +65,16 @@ def frame_record(frame: Frame, graph: str) -> dict[str, Any]:
 
 
 class JsonlSink(Operator[JsonlConfig]):
-    """Appends JSON lines to a file under the run's output directory; passes frames on."""
+    """Appends JSON lines to a file under the run's output directory; passes frames on.
+
+    Lines are buffered and appended with one `write` of whole lines on an O_APPEND descriptor,
+    so several processes (`framegraph run --processes K`) can share one file without ever
+    splitting or interleaving a line.
+    """
 
     Config = JsonlConfig
-    _file: IO[str] | None = None
+    _fd: int | None = None
+    _lines: list[str]
     _last_flush_s: float = 0.0
 
     @property
@@ -76,28 +83,37 @@ class JsonlSink(Operator[JsonlConfig]):
 
     async def setup(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self.path.open("a", encoding="utf-8")
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._lines = []
 
     async def teardown(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        if self._fd is not None:
+            self._flush()
+            os.close(self._fd)
+            self._fd = None
+
+    def _flush(self) -> None:
+        if self._fd is None or not self._lines:
+            return
+        data = "".join(self._lines).encode()
+        self._lines = []
+        while data:  # a regular file takes it in one write; a short write continues where it stopped
+            data = data[os.write(self._fd, data) :]
 
     async def on_stream_end(self, stream_id: str) -> Sequence[Item]:
-        if self._file is not None:
-            self._file.flush()
+        self._flush()
         return ()
 
     async def process(self, item: Item) -> Sequence[Item]:
-        if isinstance(item, Frame) and self._file is not None:
+        if isinstance(item, Frame) and self._fd is not None:
             if self.config.mode == "frames":
-                self._file.write(json.dumps(frame_record(item, self.ctx.graph_name)) + "\n")
+                self._lines.append(json.dumps(frame_record(item, self.ctx.graph_name)) + "\n")
             else:
                 for event in frame_events(item, self.ctx.graph_name, "with_detections"):
-                    self._file.write(json.dumps(event, default=plain) + "\n")
+                    self._lines.append(json.dumps(event, default=plain) + "\n")
             now = time.monotonic()
             if now - self._last_flush_s >= self.config.flush_interval_s:
-                self._file.flush()
+                self._flush()
                 self._last_flush_s = now
         return (item,)
 

@@ -70,13 +70,43 @@ async def test_outputs_equal_with_and_without_shared_memory(triton_url: str, cli
         out: CollectOperator = runtime.operator("out")  # type: ignore[assignment]
         assert len(out.items) == 6
         results[mode] = [f.outputs for f in out.items]  # type: ignore[union-attr]
-        assert summary["nodes"]["detect"].get("events", {}).get("degraded_frames", 0) == 0
+        events = summary["nodes"]["detect"].get("events", {})
+        assert events.get("degraded_frames", 0) == 0
+        # with shared memory, outputs come back through it once the first reply taught their shapes
+        assert (events.get("output_shm_batches", 0) >= 1) == (mode == "system")
     for a, b in zip(results["system"], results["off"], strict=True):
         assert a is not None
         assert b is not None
         assert set(a) == {"537", "538", "539", "540"}
         for name in a:
             np.testing.assert_array_equal(a[name], b[name])
+
+
+async def test_regions_the_server_still_holds_are_registered_afresh(triton_url: str, clip_720p: Path) -> None:
+    """A client that lost track of its registrations (a timeout while the server was only slow)
+    must not degrade frames because the server answers "already in manager"."""
+    graph = detect_graph(
+        triton_url,
+        clip_720p,
+        source=", config: {loop: true, realtime: true}",
+        infer=", shared_memory: system",
+    )
+    runtime = Runtime(plan_from_yaml(graph), RunOptions(max_frames=45))
+    task = asyncio.create_task(runtime.run())
+    op = None
+    while op is None or not op.layouts:  # waits for the first served batches
+        await asyncio.sleep(0.1)
+        op = getattr(runtime, "_nodes", {}).get("detect")
+        op = op.op if op is not None else None
+        assert not task.done()
+    op.pool.forget_registrations()  # the server still holds every region under its name
+    summary = await asyncio.wait_for(task, 60)
+    events = summary["nodes"]["detect"]["events"]
+    out: CollectOperator = runtime.operator("out")  # type: ignore[assignment]
+    assert len(out.items) == 45
+    assert events.get("degraded_frames", 0) == 0
+    assert all(f.outputs is not None for f in out.items)  # type: ignore[union-attr]
+    assert out.items[-1].outputs is not None  # type: ignore[union-attr]
 
 
 async def test_triton_killed_mid_run_degrades_frames_then_recovers(
