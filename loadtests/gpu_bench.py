@@ -7,11 +7,16 @@
 On the GPU machine it makes one 1080p30 H.264 6 Mb/s clip (10 s) and measures
 (a) the ceiling: N threads, each demuxing the clip with PyAV, rewriting it to Annex B and
     decoding it on its own PyNvVideoCodec decoder as fast as it goes, for --ceiling-seconds;
-(b) the graph: N looped, real-time file sources -> decode.nvdec (workers 16) ->
+(b) the graph: N looped, real-time file sources -> decode.nvdec (a thread per stream, <= 16) ->
     preprocess.torch (batch 32, 5 ms) -> infer.torch (CenterFace fp16, batch 32, workers 2)
-    -> postprocess.centerface -> sink.jsonl (events), for --seconds, the first --warmup
-    seconds after the first frame left out of every figure.
-Every edge has a live-video policy, so overload shows as drops, not as growing latency:
+    -> postprocess.centerface -> track.bytetrack -> sink.jsonl (events), for --seconds, the
+    first --warmup seconds after the first frame left out of every figure.
+--cpu-smoke runs the same plumbing (processes, windows, report) on a machine without a GPU:
+a small clip through decode.pyav -> preprocess.cpu -> sink.jsonl; its figures mean nothing.
+The graph runs in --processes processes (auto: ~8 streams each, at most half the cores), the
+streams dealt out as `framegraph run --processes` does: per-frame Python work holds the GIL,
+so one process cannot feed the GPU at 64 x 30 fps. Every edge has a live-video policy, so
+overload shows as drops, not as growing latency:
 packets drop_oldest (1 s per stream; the queue then drops up to the next keyframe), frames
 drop_oldest or a 500 ms latency budget.
 Results go to OUT/gpu_bench.json after every step (a run cut short keeps what it measured).
@@ -26,6 +31,7 @@ import contextlib
 import gc
 import json
 import logging
+import multiprocessing
 import shutil
 import statistics
 import subprocess
@@ -228,20 +234,29 @@ def probe_low_latency(clip: Path) -> str | None:
 # --- (b) the full graph ----------------------------------------------------------------------
 
 
-def graph_yaml(clip: Path, streams: int, latency: str) -> str:
+def graph_yaml(clip: Path, ids: list[int], latency: str, cpu: bool = False) -> str:
     sources = "\n".join(
-        f'  - {{id: cam{i:03d}, url: "{clip}", config: {{loop: true, realtime: true}}}}'
-        for i in range(streams)
+        f'  - {{id: cam{i:03d}, url: "{clip}", config: {{loop: true, realtime: true}}}}' for i in ids
     )
+    if cpu:  # --cpu-smoke: the bench's plumbing without a GPU
+        return f"""\
+name: gpu_bench_{len(ids)}
+sources:
+{sources}
+nodes:
+  - {{id: decode, op: decode.pyav, inputs: [sources], config: {{thread_type: slice}}}}
+  - {{id: pre, op: preprocess.cpu, inputs: [decode], queue: {{size: 64, policy: drop_oldest}}}}
+  - {{id: events, op: sink.jsonl, inputs: [pre], config: {{path: "{{graph}}.jsonl", mode: frames}}}}
+"""
     return f"""\
-name: gpu_bench_{streams}
+name: gpu_bench_{len(ids)}
 sources:
 {sources}
 nodes:
   - id: decode
     op: decode.nvdec
     inputs: [sources]
-    workers: 16
+    workers: {min(16, len(ids))}
     queue: {{size: 30, policy: drop_oldest}}
     config: {{latency: {latency}}}
   - id: pre
@@ -261,9 +276,13 @@ nodes:
     op: postprocess.centerface
     inputs: [detect]
     queue: {{size: 256, policy: drop_oldest}}
+  - id: track
+    op: track.bytetrack
+    inputs: [post]
+    queue: {{size: 256, policy: drop_oldest}}
   - id: events
     op: sink.jsonl
-    inputs: [post]
+    inputs: [track]
     queue: {{size: 256, policy: drop_oldest}}
     config: {{path: "{{graph}}.jsonl", mode: events}}
 """
@@ -297,6 +316,13 @@ def window(metrics: Metrics, a: dict[str, Any], b: dict[str, Any]) -> dict[str, 
     drops = b["drops"] - a["drops"]
     drops_by_stream = b["drops_by_stream"] - a["drops_by_stream"]
     held = [sid for sid, f in fps.items() if f >= FPS - 1 and drops_by_stream[sid] == 0]
+    return summarize_window(span, fps, latency, drops, held)
+
+
+def summarize_window(
+    span: float, fps: dict[str, float], latency: list[float], drops: Counter[str], held: list[str]
+) -> dict[str, Any]:
+    """The figures of one measuring window (of one process, or merged over processes)."""
     values = sorted(fps.values())
     return {
         "window_s": round(span, 2),
@@ -310,17 +336,19 @@ def window(metrics: Metrics, a: dict[str, Any], b: dict[str, Any]) -> dict[str, 
         "latency_ms": LatencySamples().percentiles(latency),
         "drops_by_reason": dict(drops),
         "drops_total": sum(drops.values()),
+        "_raw": {"fps": fps, "latency": latency, "held": held},  # merged over processes, then dropped
     }
 
 
 async def run_graph_for(
-    clip: Path, streams: int, seconds: float, warmup: float, latency: str, out_dir: Path
+    clip: Path, ids: list[int], seconds: float, warmup: float, latency: str, out_dir: Path, cpu: bool = False
 ) -> dict[str, Any]:
-    import torch
+    plan = build_plan(load_text(graph_yaml(clip, ids, latency, cpu), f"gpu_bench_{len(ids)}"))
+    runtime = Runtime(plan, RunOptions(output_dir=out_dir, device="cpu" if cpu else "cuda", threads=64))
+    if not cpu:
+        import torch
 
-    plan = build_plan(load_text(graph_yaml(clip, streams, latency), f"gpu_bench_{streams}"))
-    runtime = Runtime(plan, RunOptions(output_dir=out_dir, device="cuda", threads=64))
-    torch.cuda.reset_peak_memory_stats()
+        torch.cuda.reset_peak_memory_stats()
     started = time.monotonic()
     task = asyncio.create_task(runtime.run())
     result: dict[str, Any] = {}
@@ -338,10 +366,13 @@ async def run_graph_for(
         await asyncio.sleep(max(1.0, seconds - warmup))
         b = snapshot(runtime.metrics)
         result.update(window(runtime.metrics, a, b))
-        result["gpu_memory_mib"] = {
-            "nvidia_smi_used": await asyncio.to_thread(smi_used_mib),
-            "torch_max_allocated": round(torch.cuda.max_memory_allocated() / 2**20, 1),
-        }
+        if not cpu:
+            import torch
+
+            result["gpu_memory_mib"] = {
+                "nvidia_smi_used": await asyncio.to_thread(smi_used_mib),
+                "torch_max_allocated": round(torch.cuda.max_memory_allocated() / 2**20, 1),
+            }
     finally:
         runtime.stop()
         try:
@@ -367,6 +398,68 @@ def run_graph_sync(*args: Any) -> dict[str, Any]:
         return runner.run(coro)
 
 
+def run_graph_processes(
+    clip: Path,
+    streams: int,
+    processes: int,
+    seconds: float,
+    warmup: float,
+    latency: str,
+    out_dir: Path,
+    cpu: bool = False,
+) -> dict[str, Any]:
+    """The graph in `processes` spawned processes (streams dealt round-robin, as `framegraph run
+    --processes` does), their measuring windows merged: fps and drops add up, latency
+    percentiles over every process's samples. The windows start within a second of each other."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from engine.shards import deal_sources
+
+    shares = deal_sources(streams, processes)
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(len(shares), mp_context=ctx) as pool:
+        futures = [
+            pool.submit(run_graph_sync, clip, ids, seconds, warmup, latency, out_dir / f"p{i}", cpu)
+            for i, ids in enumerate(shares)
+        ]
+        parts = [f.result() for f in futures]
+    errors = [p["error"] for p in parts if "error" in p]
+    ok = [p for p in parts if "_raw" in p]
+    if not ok:
+        return {"error": "; ".join(errors) or "no process measured", "processes": len(shares)}
+    fps = {sid: f for p in ok for sid, f in p["_raw"]["fps"].items()}
+    drops: Counter[str] = Counter()
+    for p in ok:
+        drops.update(p["drops_by_reason"])
+    merged = summarize_window(
+        max(p["window_s"] for p in ok),
+        fps,
+        [v for p in ok for v in p["_raw"]["latency"]],
+        drops,
+        [sid for p in ok for sid in p["_raw"]["held"]],
+    )
+    merged["processes"] = len(shares)
+    merged["first_frame_s"] = max(p.get("first_frame_s", 0.0) for p in ok)
+    if not cpu:
+        merged["gpu_memory_mib"] = {
+            "nvidia_smi_used": max((p["gpu_memory_mib"]["nvidia_smi_used"] or 0) for p in ok),
+            "torch_max_allocated_sum": round(sum(p["gpu_memory_mib"]["torch_max_allocated"] for p in ok), 1),
+        }
+    merged["per_process"] = [{k: v for k, v in p.items() if k not in ("_raw", "nodes")} for p in parts]
+    if errors:
+        merged["errors"] = errors
+    return merged
+
+
+def processes_for(spec: str, streams: int) -> int:
+    """--processes: a number, or auto (about 8 streams per process, at most half the cores)."""
+    if spec != "auto":
+        return max(1, int(spec))
+    from engine.shards import cpu_count
+
+    return max(1, min(cpu_count() // 2, -(-streams // 8)))
+
+
 # --- main ------------------------------------------------------------------------------------
 
 
@@ -384,6 +477,13 @@ def main() -> int:
     p.add_argument("--switch-interval-ms", type=float, default=None, help="sys.setswitchinterval (GIL)")
     p.add_argument("--skip-ceiling", action="store_true")
     p.add_argument("--model-seconds", type=float, default=0.0, help="> 0: measure the model alone first")
+    p.add_argument("--cpu-smoke", action="store_true", help="check the plumbing without a GPU (no figures)")
+    p.add_argument(
+        "--processes",
+        default="auto",
+        help="graph processes per run: a number, or auto (~8 streams each, at most half the cores); "
+        "a comma list runs each setting in turn (e.g. 1,auto)",
+    )
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.export_photo:
@@ -400,7 +500,7 @@ def main() -> int:
         report_path.write_text(json.dumps(report, indent=2))
 
     save()
-    why = device.nvdec_reason()
+    why = None if args.cpu_smoke else device.nvdec_reason()
     if why is not None:
         report["error"] = f"no GPU path here: {why}"
         save()
@@ -409,11 +509,19 @@ def main() -> int:
     counts = [int(x) for x in args.streams.split(",") if x.strip()]
     clip = args.clip_dir / "bench_1080p30_6mbps_10s.mp4"
     t0 = time.monotonic()
+    if args.cpu_smoke:
+        clip = args.clip_dir / "smoke_360p30_2s.mp4"
+        args.skip_ceiling, args.latency, args.model_seconds = True, "native", 0.0
     if not clip.exists():
-        samples.make_clip(clip, 1920, 1080, fps=FPS, seconds=10, bitrate=6_000_000)
+        if args.cpu_smoke:
+            samples.make_clip(clip, 640, 360, fps=FPS, seconds=2)
+        else:
+            samples.make_clip(clip, 1920, 1080, fps=FPS, seconds=10, bitrate=6_000_000)
     report["clip"] = {
         "path": str(clip),
-        "spec": "1920x1080 30 fps H.264 6 Mb/s 10 s",
+        "spec": "640x360 30 fps H.264 2 s (cpu smoke)"
+        if args.cpu_smoke
+        else "1920x1080 30 fps H.264 6 Mb/s 10 s",
         "make_s": round(time.monotonic() - t0, 1),
     }
     latency = args.latency
@@ -443,34 +551,45 @@ def main() -> int:
     runs: dict[str, Any] = {}
     scratch = Path(tempfile.mkdtemp(prefix="fg-bench-out-"))
     try:
-        for n in counts:
+        settings = [x.strip() for x in args.processes.split(",") if x.strip()]
+        for n, setting in [(n, x) for n in counts for x in settings]:
+            k = processes_for(setting, n)
+            key = str(n) if len(settings) == 1 else f"{n}x{k}p"
             if time.monotonic() + args.seconds + GRAPH_OVERHEAD_S > deadline:
-                runs[str(n)] = {"skipped": "time budget"}
+                runs[key] = {"skipped": "time budget"}
                 continue
             try:
-                r = run_graph_sync(clip, n, args.seconds, args.warmup, latency, scratch)
+                common = (args.seconds, args.warmup, latency, scratch, args.cpu_smoke)
+                if k == 1:
+                    r = run_graph_sync(clip, list(range(n)), *common)
+                else:
+                    r = run_graph_processes(clip, n, k, *common)
             except Exception as e:
                 log.exception("graph run with %d streams failed", n)
                 r = {"error": f"{type(e).__name__}: {e}"}
+            r.pop("_raw", None)
             r["streams"] = n
+            r["processes"] = k
             r["offered_fps"] = n * FPS
             c = ceiling.get(n, {}).get("fps")
             if c and "total_fps" in r:
                 r["decode_ceiling_fps"] = c
                 r["ratio_full_to_ceiling"] = round(r["total_fps"] / c, 3)
                 r["ratio_full_to_min_offered_ceiling"] = round(r["total_fps"] / min(c, n * FPS), 3)
-            runs[str(n)] = r
+            runs[key] = r
             report["graph"] = runs
             save()
             print(
-                f"graph {n:3d} streams: {r.get('total_fps')} fps, realtime {r.get('streams_realtime')}/{n}, "
+                f"graph {n:3d} streams in {k} processes: {r.get('total_fps')} fps, "
+                f"realtime {r.get('streams_realtime')}/{n}, "
                 f"latency {r.get('latency_ms')}, drops {r.get('drops_by_reason')} {r.get('error', '')}",
                 flush=True,
             )
             gc.collect()
-            import torch
+            if not args.cpu_smoke:
+                import torch
 
-            torch.cuda.empty_cache()
+                torch.cuda.empty_cache()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     report["elapsed_s"] = round(time.monotonic() - (deadline - args.budget_s), 1)
