@@ -224,3 +224,58 @@ async def test_gpu_pipeline_detections_match_cpu_pipeline(clip_720p: Path) -> No
         assert len(g.detections) == len(c.detections), (g.seq, g.detections.xyxy, c.detections.xyxy)
         ious += match_boxes(g.detections.xyxy, c.detections.xyxy)
     assert_boxes_agree(ious, n)
+
+
+async def test_cuda_tensors_reach_triton_through_cuda_shared_memory(clip_720p: Path) -> None:
+    """decode.nvdec -> preprocess.torch -> infer.triton (shared_memory: cuda): the batches go
+    device to device into CUDA shared memory and give the outputs the same tensors give when
+    they travel inside the gRPC messages (copied to the host)."""
+    import os
+
+    from operators.triton_local import LocalTriton
+    from operators.triton_shm import cuda_shm_reason
+
+    why = cuda_shm_reason()
+    if why is not None:
+        pytest.skip(f"tritonclient's CUDA shared memory is unavailable: {why} (pip install cuda-python)")
+    url = os.environ.get("FG_TRITON_GRPC_URL", "")
+    local = None if url else LocalTriton()
+    if local is not None:
+        try:
+            url = await local.acquire()
+        except Exception as e:
+            pytest.skip(f"no Triton server on this GPU machine ({e}); set FG_TRITON_GRPC_URL")
+    try:
+        outputs = {mode: await _cudashm_outputs(clip_720p, url, mode) for mode in ("cuda", "off")}
+    finally:
+        if local is not None:
+            await local.release()
+    for a, b in zip(outputs["cuda"], outputs["off"], strict=True):
+        assert a is not None
+        assert b is not None
+        for name in a:
+            np.testing.assert_array_equal(a[name], b[name])
+
+
+async def _cudashm_outputs(clip: Path, url: str, mode: str) -> list[Any]:
+    graph = f"""\
+name: cudashm
+sources: [{{id: cam0, url: "{clip}"}}]
+nodes:
+  - {{id: decode, op: decode.nvdec, inputs: [sources]}}
+  - {{id: pre, op: preprocess.torch, inputs: [decode], batch: {{max_batch: 4, max_delay_ms: 5}},
+     config: {{width: 640, height: 384}}}}
+  - {{id: detect, op: infer.triton, inputs: [pre], batch: {{max_batch: 4, max_delay_ms: 5}},
+     config: {{url: "{url}", model: centerface, shared_memory: {mode}}}}}
+  - {{id: out, op: test.collect, inputs: [detect], queue: {{size: 64}}}}
+"""
+    by_stream, summary = await collect(graph, max_frames=8)
+    frames = by_stream["cam0"]
+    assert len(frames) == 8
+    assert all(f.tensor.is_cuda for f in frames)
+    events = summary["nodes"]["detect"].get("events", {})
+    assert events.get("degraded_frames", 0) == 0
+    if mode == "cuda":
+        assert events.get("cuda_shm_batches", 0) >= 1, events
+        assert events.get("cuda_host_copies", 0) == 0, events
+    return [f.outputs for f in frames]
