@@ -340,6 +340,51 @@ def summarize_window(
     }
 
 
+class Starvation:
+    """How long a thread waits for the GIL and the event loop for its turn, while a graph runs.
+
+    A thread sleeps 1 ms in a loop and a task sleeps 10 ms in a loop; what each oversleeps is
+    time spent waiting for the GIL (thread) or for the loop (task). p99s of tens of ms say the
+    process is GIL-bound: more processes, not a bigger GPU, is the cure.
+    """
+
+    def __init__(self) -> None:
+        self.gil: list[float] = []
+        self.loop: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._probe_gil, name="gil-probe", daemon=True)
+        self._task: asyncio.Task[None] | None = None
+
+    def _probe_gil(self) -> None:
+        while not self._stop.is_set():
+            t = time.perf_counter()
+            time.sleep(0.001)
+            self.gil.append((time.perf_counter() - t - 0.001) * 1000)
+
+    async def _probe_loop(self) -> None:
+        while True:
+            t = time.perf_counter()
+            await asyncio.sleep(0.01)
+            self.loop.append((time.perf_counter() - t - 0.01) * 1000)
+
+    def __enter__(self) -> Starvation:
+        self._thread.start()
+        self._task = asyncio.get_running_loop().create_task(self._probe_loop())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._task is not None:
+            self._task.cancel()
+        self._thread.join(timeout=1)
+
+    def figures(self) -> dict[str, Any]:
+        return {
+            "gil_wait": LatencySamples().percentiles(self.gil),
+            "loop_lag": LatencySamples().percentiles(self.loop),
+        }
+
+
 async def run_graph_for(
     clip: Path, ids: list[int], seconds: float, warmup: float, latency: str, out_dir: Path, cpu: bool = False
 ) -> dict[str, Any]:
@@ -363,9 +408,11 @@ async def run_graph_for(
         result["first_frame_s"] = round(time.monotonic() - started, 2)
         await asyncio.sleep(warmup)
         a = snapshot(runtime.metrics)
-        await asyncio.sleep(max(1.0, seconds - warmup))
+        with Starvation() as starved:
+            await asyncio.sleep(max(1.0, seconds - warmup))
         b = snapshot(runtime.metrics)
         result.update(window(runtime.metrics, a, b))
+        result["starvation_ms"] = starved.figures()
         if not cpu:
             import torch
 
@@ -439,6 +486,14 @@ def run_graph_processes(
         [sid for p in ok for sid in p["_raw"]["held"]],
     )
     merged["processes"] = len(shares)
+    merged["starvation_ms_worst_process"] = {
+        probe: max(
+            (p["starvation_ms"][probe] for p in ok if "starvation_ms" in p),
+            key=lambda f: f.get("p99") or 0.0,
+            default={},
+        )
+        for probe in ("gil_wait", "loop_lag")
+    }
     merged["first_frame_s"] = max(p.get("first_frame_s", 0.0) for p in ok)
     if not cpu:
         merged["gpu_memory_mib"] = {

@@ -47,4 +47,6 @@ def test_gpu_bench_plumbing_runs_in_one_and_in_two_processes(tmp_path: Path) -> 
         assert run["total_fps"] > 30  # three 30 fps streams of 360p: far below what the CPU can do
         assert run["latency_ms"]["p95"] is not None
         assert "_raw" not in run
+        starvation = run["starvation_ms"] if key == "3x1p" else run["starvation_ms_worst_process"]
+        assert starvation["gil_wait"]["p50"] is not None
     assert len(runs["3x2p"]["per_process"]) == 2
