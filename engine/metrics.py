@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +47,17 @@ class LatencySamples:
         out, self.recent = self.recent, []
         return out
 
+    def merge(self, values: list[float]) -> None:
+        """Reservoir-sample `values` in, as `add` would (without making them recent)."""
+        room = max(0, self.cap - len(self.samples))
+        self.samples.extend(values[:room])
+        self.count += min(room, len(values))
+        for value in values[room:]:
+            self.count += 1
+            slot = self._rng.randrange(self.count)
+            if slot < self.cap:
+                self.samples[slot] = value
+
 
 @dataclass
 class NodeMetrics:
@@ -61,12 +73,22 @@ class NodeMetrics:
     events: Counter[str] = field(default_factory=Counter)  # named counters (reconnects, ...)
     queue_wait: LatencySamples = field(default_factory=lambda: LatencySamples(10_000))
     work: LatencySamples = field(default_factory=lambda: LatencySamples(10_000))
+    dropped_removed: Counter[str] = field(default_factory=Counter)  # reason -> drops of forgotten streams
 
     def drop(self, stream_id: str, reason: str, n: int = 1) -> None:
         self.dropped[(stream_id, reason)] += n
 
+    def forget_stream(self, stream_id: str) -> int:
+        """Fold a stream's drops into the per-reason totals and forget the stream; how many."""
+        moved = 0
+        for key in [k for k in self.dropped if k[0] == stream_id]:
+            n = self.dropped.pop(key)
+            self.dropped_removed[key[1]] += n
+            moved += n
+        return moved
+
     def to_dict(self) -> dict[str, Any]:
-        by_reason: Counter[str] = Counter()
+        by_reason: Counter[str] = Counter(self.dropped_removed)
         by_stream: dict[str, dict[str, int]] = {}
         for (stream, reason), n in sorted(self.dropped.items()):
             by_reason[reason] += n
@@ -74,7 +96,7 @@ class NodeMetrics:
         out: dict[str, Any] = {
             "in": self.items_in,
             "out": self.items_out,
-            "dropped": sum(self.dropped.values()),
+            "dropped": sum(self.dropped.values()) + sum(self.dropped_removed.values()),
             "dropped_by_reason": dict(by_reason),
             "dropped_by_stream": by_stream,
             "errors": self.errors,
@@ -123,12 +145,38 @@ class StreamMetrics:
         return n
 
 
+@dataclass
+class RemovedStreams:
+    """What the streams forgotten by `Metrics.forget_stream` add up to, so totals never go down."""
+
+    streams: int = 0
+    frames_in: int = 0
+    frames_out: int = 0
+    dropped: int = 0
+    source_errors: int = 0
+    source_events: Counter[str] = field(default_factory=Counter)  # reconnects, ... of their sources
+    latency: LatencySamples = field(default_factory=LatencySamples)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "streams": self.streams,
+            "frames_in": self.frames_in,
+            "frames_out": self.frames_out,
+            "dropped": self.dropped,
+            "source_errors": self.source_errors,
+        }
+        if self.source_events:
+            out["source_events"] = dict(self.source_events)
+        return out
+
+
 class Metrics:
     """All counters of one run."""
 
     def __init__(self) -> None:
         self.nodes: dict[str, NodeMetrics] = {}
         self.streams: dict[str, StreamMetrics] = {}
+        self.removed = RemovedStreams()
         self.started_s = time.monotonic()
 
     def node(self, node_id: str) -> NodeMetrics:
@@ -139,6 +187,31 @@ class Metrics:
 
     def dropped_for(self, stream_id: str) -> int:
         return sum(n for m in self.nodes.values() for (s, _), n in m.dropped.items() if s == stream_id)
+
+    def forget_stream(self, stream_id: str, keep_nodes: Collection[str] = ()) -> None:
+        """Release a removed stream's per-stream state; its counts stay in the totals.
+
+        Drops the stream's entry (and its latency samples), its per-stream drop counters at
+        every node, and the metrics of its source (the runtime names them after the stream)
+        unless the id is in `keep_nodes` (the graph's own nodes). Summaries keep counting it:
+        top-level frames_out and latency, each node's dropped and dropped_by_reason, and
+        `removed_streams`. A stream added again under the same id starts from zero.
+        """
+        stream = self.streams.pop(stream_id, None)
+        source = None if stream_id in keep_nodes else self.nodes.pop(stream_id, None)
+        if stream is None and source is None:
+            return
+        removed = self.removed
+        removed.streams += 1
+        if stream is not None:
+            removed.frames_in += stream.frames_in
+            removed.frames_out += stream.frames_out
+            removed.latency.merge(stream.latency.samples)
+        if source is not None:
+            removed.dropped += sum(source.dropped.values()) + sum(source.dropped_removed.values())
+            removed.source_errors += source.errors
+            removed.source_events.update(source.events)
+        removed.dropped += sum(m.forget_stream(stream_id) for m in self.nodes.values())
 
     def summary(self, graph_name: str) -> dict[str, Any]:
         duration = time.monotonic() - self.started_s
@@ -152,8 +225,9 @@ class Metrics:
                 "latency_ms": s.latency.percentiles(),
             }
         all_latency = [v for s in self.streams.values() for v in s.latency.samples]
-        total_out = sum(s.frames_out for s in self.streams.values())
-        return {
+        all_latency += self.removed.latency.samples
+        total_out = sum(s.frames_out for s in self.streams.values()) + self.removed.frames_out
+        out: dict[str, Any] = {
             "graph": graph_name,
             "duration_s": round(duration, 3),
             "frames_out": total_out,
@@ -162,3 +236,6 @@ class Metrics:
             "streams": streams,
             "nodes": {nid: m.to_dict() for nid, m in self.nodes.items()},
         }
+        if self.removed.streams:
+            out["removed_streams"] = self.removed.to_dict()
+        return out

@@ -118,6 +118,7 @@ class Runtime:
         if stream.task is not None:
             await asyncio.wait([stream.task])  # done or cancelled (the graph stopping): either is final
         self.streams.pop(stream_id, None)
+        self.metrics.forget_stream(stream_id, keep_nodes=self._nodes)  # totals keep its counts
 
     def _finished(self, stream_id: str) -> bool:
         task = self.streams[stream_id].task
@@ -418,3 +419,6 @@ class Runtime:
             log.error("node %s: stream %s %s hook failed: %s", node.id, sid, msg.kind.value, e)
         for q in node.outputs:
             await q.put(msg)
+        if msg.kind is ControlKind.END and node.primary_terminal and sid not in self.streams:
+            # a removed stream's last frames were still in flight when remove_stream returned
+            self.metrics.forget_stream(sid, keep_nodes=self._nodes)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -15,6 +16,12 @@ from engine.registry import Operator, OperatorContext
 from engine.spec import StrictModel
 
 log = logging.getLogger("framegraph.decode")
+
+# Codecs whose FFmpeg decoder turns its error resilience off while slice threads are active
+# (h264's `enable_er` option: auto = off with slice threads, which FFmpeg calls unsafe). Without
+# it a damaged slice is neither concealed nor flagged: the frame comes out broken, with
+# decode_error_flags 0, and only FFmpeg's log (no stream named) tells. See `error_resilience`.
+_ER_OFF_UNDER_SLICE_THREADS = frozenset({"h264"})
 
 
 class PyAVDecodeConfig(StrictModel):
@@ -34,6 +41,14 @@ class PyAVDecodeConfig(StrictModel):
         description="A frame FFmpeg flags corrupt (concealed errors): drop and count it, or keep it "
         "marked degraded ('corrupt').",
     )
+    error_resilience: bool = Field(
+        True,
+        description="Keep FFmpeg's error resilience on, so that a damaged frame is concealed and "
+        "flagged corrupt (what on_corrupt and the corrupt counters see). FFmpeg's H.264 decoder "
+        "turns it off under slice threading, so with thread_type slice H.264 decodes on one thread "
+        "per stream (no added latency; streams still decode in parallel). false: slice threads as "
+        "configured, and damaged H.264 frames pass unflagged.",
+    )
     width: int | None = Field(None, ge=16, description="Scale while converting (saves a resize).")
     height: int | None = Field(None, ge=16, description="Scale while converting.")
 
@@ -47,11 +62,17 @@ class _StreamDecoder:
         self.ctx: Any = av.CodecContext.create(info.codec, "r")
         if info.extradata:
             self.ctx.extradata = info.extradata
+        threads = cfg.threads
+        if cfg.thread_type == "slice" and cfg.error_resilience and info.codec in _ER_OFF_UNDER_SLICE_THREADS:
+            threads = 1  # no slice threads: FFmpeg keeps error resilience, damaged frames are flagged
         self.ctx.thread_type = cfg.thread_type.upper()
-        self.ctx.thread_count = cfg.threads
+        self.ctx.thread_count = threads
         self.pending: dict[int | None, tuple[int, Any]] = {}
+        self.suspect: set[int | None] = set()  # pts of packets the demuxer flagged corrupt
         self.seq = 0
         self.corrupt_packets = 0
+        # a cancelled await leaves its decode running in its thread: close() must not overlap it
+        self.lock = threading.Lock()
 
     def decode(self, packet: Packet | None) -> tuple[list[Frame], int]:
         """Frames the packet completes (None flushes) and how many were lost to corruption."""
@@ -60,8 +81,11 @@ class _StreamDecoder:
             self.pending[packet.pts] = (packet.capture_ns, packet.trace)
             raw = packet.data if isinstance(packet.data, av.Packet) else av.Packet(packet.data)
             raw.pts = packet.pts
+            if raw.is_corrupt:  # e.g. MPEG-TS continuity errors: data is missing; FFmpeg does not
+                self.suspect.add(packet.pts)  # carry the packet's flag over to its frame
         try:
-            frames = self.ctx.decode(raw)
+            with self.lock:
+                frames = self.ctx.decode(raw)
         except (av.error.InvalidDataError, av.error.PatchWelcomeError, av.error.BugError) as e:
             log.debug("%s: undecodable packet: %s", self.info.stream_id, e)
             self.corrupt_packets += 1
@@ -69,7 +93,9 @@ class _StreamDecoder:
         out = []
         corrupt = 0
         for vf in frames:
-            if vf.is_corrupt:
+            is_corrupt = vf.is_corrupt or (bool(self.suspect) and vf.pts in self.suspect)
+            self.suspect.discard(vf.pts)
+            if is_corrupt:
                 corrupt += 1
                 if self.cfg.on_corrupt == "drop":
                     self.pending.pop(vf.pts, None)
@@ -79,14 +105,25 @@ class _StreamDecoder:
             image = vf.to_ndarray(format=self.cfg.pixel_format, width=self.cfg.width, height=self.cfg.height)
             frame = Frame(self.info.stream_id, self.seq, vf.pts, capture_ns, image, self.cfg.pixel_format)
             frame.trace = trace
-            if vf.is_corrupt:
+            if is_corrupt:
                 frame.degraded.add("corrupt")
             out.append(frame)
             self.seq += 1
         if len(self.pending) > 64:  # pts never matched (no pts on the stream): forget the oldest
             for key in list(self.pending)[:-32]:
                 del self.pending[key]
+        if len(self.suspect) > 64:
+            self.suspect.clear()
         return out, corrupt
+
+    def close(self) -> None:
+        """Drain the decoder. PyAV 18 deadlocks freeing a frame-threaded H.264 context that still
+        holds frames, so a decoder is always drained before it is let go."""
+        try:
+            with self.lock:
+                self.ctx.decode(None)
+        except av.error.FFmpegError as e:
+            log.debug("%s: flush at close failed: %s", self.info.stream_id, e)
 
 
 class PyAVDecode(Operator[PyAVDecodeConfig]):
@@ -99,7 +136,16 @@ class PyAVDecode(Operator[PyAVDecodeConfig]):
         self.decoders: dict[str, _StreamDecoder] = {}
 
     async def on_stream_start(self, info: StreamInfo) -> None:
+        old = self.decoders.pop(info.stream_id, None)
+        if old is not None:  # a start without an end: let the old decoder go drained
+            await self.ctx.run_blocking(old.close)
         self.decoders[info.stream_id] = _StreamDecoder(info, self.config)
+
+    async def teardown(self) -> None:
+        """Streams that never ended (the graph was cancelled): drain their decoders."""
+        while self.decoders:
+            _, decoder = self.decoders.popitem()
+            await self.ctx.run_blocking(decoder.close)
 
     async def on_stream_reset(self, info: StreamInfo) -> Sequence[Item]:
         """Flush the old decoder; a new one continues the stream's frame numbering."""

@@ -213,12 +213,27 @@ class FileSink(_VideoSink):
         super().__init__(config, ctx)
         self.segments: dict[str, tuple[int, float]] = {}  # stream -> (index, start second)
         self.paths: dict[str, list[Path]] = {}  # every file written, per stream
+        self.written: set[Path] = set()  # every file opened: none is opened twice
 
     def _path(self, stream_id: str, segment: int) -> Path:
         cfg = self.config
         pattern = cfg.path or ("{stream}_{segment:04d}.mp4" if cfg.segment_s else "{stream}.mp4")
         name = pattern.format(graph=self.ctx.graph_name, stream=stream_id, segment=segment)
         return self.ctx.output_dir / name
+
+    def _new_path(self, stream_id: str, segment: int, restarted: bool) -> Path:
+        """The file a stream's next output goes to: never one this sink opened before (a stream
+        added again under its id, a size change, a `path` without {segment}); for a stream
+        started again, no existing file either. Taken: `cam0.mp4` -> `cam0-1.mp4`, `cam0-2.mp4`...
+
+        A stream's first file replaces what an earlier run left under its name, as before.
+        """
+        path = self._path(stream_id, segment)
+        candidate, n = path, 0
+        while candidate in self.written or (restarted and candidate.exists()):
+            n += 1
+            candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+        return candidate
 
     def write(self, frame: Frame, t_s: float) -> bool:
         sid, cfg = frame.stream_id, self.config
@@ -229,13 +244,15 @@ class FileSink(_VideoSink):
             frame.height - frame.height % 2,
         )
         if writer is None or size_changed or (cfg.segment_s and t_s - start >= cfg.segment_s - 1e-6):
+            restarted = writer is None and sid in self.paths  # ended, then started again
             if writer is not None:
                 writer.close()
             index, start = index + 1, t_s
-            path = self._path(sid, index)
+            path = self._new_path(sid, index, restarted)
             path.parent.mkdir(parents=True, exist_ok=True)
             info = self.infos.get(sid)
             writer = H264Writer(str(path), frame.width, frame.height, (info.fps if info else 0) or 30.0, cfg)
+            self.written.add(path)
             self.writers[sid] = writer
             self.segments[sid] = (index, start)
             self.paths.setdefault(sid, []).append(path)
