@@ -35,6 +35,7 @@ from operators.triton_shm import (
     SlotPool,
     SystemRegion,
     cuda_shm_reason,
+    device_index,
     dtype_name,
     ensure_registered,
     host_array,
@@ -321,7 +322,7 @@ class TritonInfer(Operator[TritonConfig]):
         outputs_bytes = layout.nbytes() if layout is not None else 0
         if is_cuda(first) and self._cuda_shm_usable():
             region = await self.pool.size_cuda(
-                slot, self.client, item_bytes * self.max_batch, first.device.index or 0
+                slot, self.client, item_bytes * self.max_batch, device_index(first)
             )
             await self.ctx.run_pinned(_write_cuda, region, tensors)
             if await self._register_cuda(region):

@@ -47,6 +47,12 @@ def is_cuda(tensor: Any) -> bool:
     return getattr(getattr(tensor, "device", None), "type", None) == "cuda"
 
 
+def device_index(tensor: Any) -> int:
+    """The CUDA device ordinal of a torch tensor (0 for the current device or the host)."""
+    index = getattr(getattr(tensor, "device", None), "index", None)
+    return index if isinstance(index, int) else 0
+
+
 def dtype_name(tensor: Any) -> str:
     """numpy-style dtype name of a numpy array or torch tensor ('float32', 'float16', ...)."""
     dtype = tensor.dtype

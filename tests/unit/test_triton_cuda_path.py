@@ -1,0 +1,197 @@
+"""infer.triton's choices for CUDA tensors, with a fake Triton client and fake CUDA regions.
+
+No GPU here: `is_cuda`, the CUDA region and its device copy are faked, and so is the server
+(unit tier); what is checked is the operator's logic: CUDA shared memory when it can, a server
+that refuses it turns it off (auto) or degrades frames (cuda), host copies are counted, a region
+the server still holds is registered afresh. tests/gpu runs the real thing on a GPU.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from tritonclient.utils import InferenceServerException
+
+import operators.infer as infer_mod
+import operators.triton_shm as shm_mod
+from engine.frame import Frame
+from engine.metrics import NodeMetrics
+from engine.registry import OperatorContext
+from operators.infer import TritonConfig, TritonInfer
+
+
+class FakeCudaRegion:
+    kind = "cuda"
+
+    def __init__(self, name: str, size: int, device_id: int) -> None:
+        self.name, self.size, self.device_id = name, size, device_id
+        self.registered = False
+        self.destroyed = False
+
+    def write(self, tensor: Any) -> None:
+        raise AssertionError("the test replaces _write_cuda")
+
+    async def register(self, client: Any, timeout_s: float) -> None:
+        await client.register_cuda_shared_memory(self.name, b"handle", self.device_id, self.size)
+
+    async def unregister(self, client: Any) -> None:
+        await client.unregister_cuda_shared_memory(self.name)
+
+    def destroy(self) -> None:
+        self.destroyed = True
+
+
+class FakeResult:
+    def __init__(self, batch: int) -> None:
+        self.batch = batch
+
+    def as_numpy(self, name: str) -> np.ndarray:
+        return np.full((self.batch, 2), float(self.batch), np.float32)
+
+
+class FakeClient:
+    """Records what the operator asks of the server; refuses CUDA regions when told to."""
+
+    def __init__(self, refuse_cuda: bool = False, holds: set[str] | None = None) -> None:
+        self.refuse_cuda = refuse_cuda
+        self.holds = holds or set()  # region names the server still holds (e.g. after a timeout)
+        self.calls: list[tuple[str, str]] = []
+        self.inputs: list[Any] = []
+
+    async def register_cuda_shared_memory(self, name: str, raw: bytes, device_id: int, size: int) -> None:
+        self.calls.append(("register_cuda", name))
+        if self.refuse_cuda:
+            raise InferenceServerException("failed to register CUDA shared memory region: no GPU")
+        if name in self.holds:
+            raise InferenceServerException(f"shared memory region '{name}' already in manager")
+        self.holds.add(name)
+
+    async def unregister_cuda_shared_memory(self, name: str) -> None:
+        self.calls.append(("unregister_cuda", name))
+        self.holds.discard(name)
+
+    async def register_system_shared_memory(self, name: str, key: str, size: int, **kw: Any) -> None:
+        self.calls.append(("register_system", name))
+        self.holds.add(name)
+
+    async def unregister_system_shared_memory(self, name: str) -> None:
+        self.calls.append(("unregister_system", name))
+        self.holds.discard(name)
+
+    async def is_server_live(self, **kw: Any) -> bool:
+        return True
+
+    async def infer(self, model: str, inputs: list[Any], **kw: Any) -> FakeResult:
+        self.inputs.append(inputs[0])
+        return FakeResult(int(inputs[0].shape()[0]))
+
+    async def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """numpy tensors pass for CUDA tensors; the device copy is recorded, not made."""
+    copies: list[int] = []
+    monkeypatch.setattr(infer_mod, "is_cuda", lambda t: True)
+    monkeypatch.setattr(infer_mod, "cuda_shm_reason", lambda: None)
+    monkeypatch.setattr(shm_mod, "CudaRegion", FakeCudaRegion)
+    monkeypatch.setattr(infer_mod, "_write_cuda", lambda region, tensors: copies.append(len(tensors)))
+    return copies
+
+
+def operator(mode: str, client: FakeClient, local: bool = True) -> TritonInfer:
+    cfg = TritonConfig(url="127.0.0.1:8001" if local else "triton:8001", model="m", shared_memory=mode)
+    op = TritonInfer(cfg, OperatorContext("detect", NodeMetrics("detect")))
+    op.client, op.input_name, op.output_names, op.max_batch = client, "x", ["y"], 4
+    op.pool = shm_mod.SlotPool("detect") if mode != "off" else None
+    op.cuda_shm = {"cuda": True, "off": False, "system": False}.get(mode)
+    return op
+
+
+def frames(n: int) -> list[Frame]:
+    out = []
+    for i in range(n):
+        f = Frame("cam0", i, i, 0, np.zeros((4, 4, 3), np.uint8))
+        f.tensor = np.full((3, 8, 8), i, np.float32)
+        out.append(f)
+    return out
+
+
+async def test_cuda_tensors_go_through_cuda_shared_memory(fake_gpu: list[int]) -> None:
+    client = FakeClient()
+    op = operator("auto", client)
+    await op.process_batch(frames(3))
+    await op.process_batch(frames(3))
+    assert fake_gpu == [3, 3]  # device copies, no host copy
+    events = op.ctx.metrics.events
+    assert events["cuda_shm_batches"] == 2
+    assert "cuda_host_copies" not in events
+    assert [c for c in client.calls if c[0] == "register_cuda"] == [client.calls[0]]  # registered once
+    await op.pool.close(client)  # type: ignore[union-attr]
+
+
+async def test_a_server_that_refuses_cuda_regions_turns_them_off_in_auto(fake_gpu: list[int]) -> None:
+    client = FakeClient(refuse_cuda=True)
+    op = operator("auto", client)
+    batch = frames(2)
+    await op.process_batch(batch)
+    await op.process_batch(frames(2))
+    events = op.ctx.metrics.events
+    assert events["cuda_shm_refused"] == 1
+    assert events["cuda_host_copies"] == 4  # both batches went through host memory
+    assert "degraded_frames" not in events
+    assert op.cuda_shm is False
+    assert sum(c[0] == "register_cuda" for c in client.calls) == 1  # not asked again
+    assert all(f.outputs is not None for f in batch)
+    await op.pool.close(client)  # type: ignore[union-attr]
+
+
+async def test_a_server_that_refuses_cuda_regions_degrades_frames_in_cuda_mode(fake_gpu: list[int]) -> None:
+    client = FakeClient(refuse_cuda=True)
+    op = operator("cuda", client)
+    batch = frames(2)
+    await op.process_batch(batch)
+    assert op.ctx.metrics.events["degraded_frames"] == 2
+    assert all(f.outputs is None and "inference_unavailable" in f.degraded for f in batch)
+    await op.pool.close(client)  # type: ignore[union-attr]
+
+
+async def test_a_cuda_region_the_server_still_holds_is_registered_afresh(fake_gpu: list[int]) -> None:
+    client = FakeClient()
+    op = operator("auto", client)
+    await op.process_batch(frames(1))
+    op.pool.forget_registrations()  # type: ignore[union-attr]  # e.g. after timeouts while it was slow
+    batch = frames(1)
+    await op.process_batch(batch)
+    cuda_calls = [c for c in client.calls if c[0].endswith("_cuda")]
+    name = cuda_calls[0][1]
+    assert cuda_calls == [
+        ("register_cuda", name),
+        ("register_cuda", name),
+        ("unregister_cuda", name),
+        ("register_cuda", name),
+    ]
+    assert batch[0].outputs is not None
+    assert "degraded_frames" not in op.ctx.metrics.events
+    await op.pool.close(client)  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("mode", "local"), [("off", True), ("system", True), ("auto", False)])
+async def test_cuda_tensors_are_copied_to_the_host_without_cuda_shared_memory(
+    fake_gpu: list[int], mode: str, local: bool
+) -> None:
+    client = FakeClient()
+    op = operator(mode, client, local)
+    if not local:
+        op.pool, op.cuda_shm = None, False  # what setup decides for a remote server
+    batch = frames(3)
+    await op.process_batch(batch)
+    assert fake_gpu == []
+    assert not any(c[0] == "register_cuda" for c in client.calls)
+    assert all(f.outputs is not None for f in batch)
+    if op.pool is not None:
+        assert op.ctx.metrics.events["cuda_host_copies"] == 3
+        await op.pool.close(client)
