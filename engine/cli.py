@@ -180,27 +180,43 @@ def _run_processes(plan: GraphPlan, args: argparse.Namespace) -> tuple[dict[str,
 
 def _run(plan: GraphPlan, args: argparse.Namespace) -> dict[str, Any]:
     options = RunOptions(max_frames=args.max_frames, output_dir=args.output)
-
-    async def go() -> dict[str, Any]:
-        runtime = Runtime(plan, options)
-        if args.metrics_port is not None:
-            from engine.prometheus import serve
-
-            serve(runtime.metrics, plan.spec.name, args.metrics_port, args.metrics_address)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, runtime.stop)
-        progress = None
-        if args.progress_interval_s > 0:
-            progress = asyncio.create_task(report_progress(runtime.metrics, args.progress_interval_s))
-        try:
-            return await runtime.run()
-        finally:
-            if progress:
-                progress.cancel()
-
-    result: dict[str, Any] = run_async(go())
+    coro = run_plan(
+        plan,
+        options,
+        metrics_port=args.metrics_port,
+        metrics_address=args.metrics_address,
+        progress_interval_s=args.progress_interval_s,
+    )
+    result: dict[str, Any] = run_async(coro)
     return result
+
+
+async def run_plan(
+    plan: GraphPlan,
+    options: RunOptions,
+    *,
+    metrics_port: int | None = None,
+    metrics_address: str = "127.0.0.1",
+    progress_interval_s: float = 0.0,
+    stop_signals: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM),
+) -> dict[str, Any]:
+    """Run a plan to its end as `framegraph run` does: /metrics, progress lines, stop on signals."""
+    runtime = Runtime(plan, options)
+    if metrics_port is not None:
+        from engine.prometheus import serve
+
+        serve(runtime.metrics, plan.spec.name, metrics_port, metrics_address)
+    loop = asyncio.get_running_loop()
+    for sig in stop_signals:
+        loop.add_signal_handler(sig, runtime.stop)
+    progress = None
+    if progress_interval_s > 0:
+        progress = asyncio.create_task(report_progress(runtime.metrics, progress_interval_s))
+    try:
+        return await runtime.run()
+    finally:
+        if progress:
+            progress.cancel()
 
 
 def run_async(coro: Any) -> Any:

@@ -59,8 +59,8 @@ def shard_plan(plan: GraphPlan, indices: list[int]) -> GraphPlan:
 
 def _child(job: ShardJob, conn: Connection) -> None:
     """Entry point of a shard process: run its share, send the summary (or the error) back."""
-    from engine.cli import run_async
-    from engine.runtime import RunOptions, Runtime
+    from engine.cli import run_async, run_plan
+    from engine.runtime import RunOptions
 
     logging.basicConfig(
         level=job.log_level.upper(),
@@ -69,25 +69,14 @@ def _child(job: ShardJob, conn: Connection) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent turns Ctrl-C into SIGTERM for all
 
     async def go() -> dict[str, Any]:
-        import asyncio
-
-        plan = shard_plan(load_plan(job.graph, job.overrides), job.source_indices)
-        runtime = Runtime(plan, RunOptions(max_frames=job.max_frames, output_dir=job.output_dir))
-        if job.metrics_port is not None:
-            from engine.prometheus import serve
-
-            serve(runtime.metrics, plan.spec.name, job.metrics_port, job.metrics_address)
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, runtime.stop)
-        progress = None
-        if job.progress_interval_s > 0:
-            from engine.progress import report_progress
-
-            progress = asyncio.create_task(report_progress(runtime.metrics, job.progress_interval_s))
-        try:
-            return await runtime.run()
-        finally:
-            if progress is not None:
-                progress.cancel()
+        return await run_plan(
+            shard_plan(load_plan(job.graph, job.overrides), job.source_indices),
+            RunOptions(max_frames=job.max_frames, output_dir=job.output_dir),
+            metrics_port=job.metrics_port,
+            metrics_address=job.metrics_address,
+            progress_interval_s=job.progress_interval_s,
+            stop_signals=(signal.SIGTERM,),
+        )
 
     try:
         conn.send(("ok", run_async(go())))

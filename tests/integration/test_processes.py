@@ -70,3 +70,52 @@ def test_more_processes_than_sources_runs_one_per_source(clip_720p: Path, tmp_pa
     assert result.returncode == 0, result.stderr
     assert "2 processes, sources per process: 1, 1" in result.stderr
     assert "graph many: 10 frames" in result.stdout
+
+
+def test_ctrl_c_stops_every_process_and_still_reports(clip_720p: Path, tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    graph = graph_with_sources(clip_720p, 2, tmp_path)
+    graph.write_text(
+        graph.read_text().replace(f'url: "{clip_720p}"', f'url: "{clip_720p}", config: {{loop: true}}')
+    )
+    summary_path = tmp_path / "summary.json"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "engine.cli",
+            "run",
+            str(graph),
+            "--processes",
+            "2",
+            "--output",
+            str(tmp_path),
+            "--summary-json",
+            str(summary_path),
+            "--progress-interval-s",
+            "0",
+        ],
+        cwd=Path(__file__).resolve().parents[2],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    frames = tmp_path / "frames.jsonl"
+    while time.monotonic() < deadline:  # until both processes have written frames
+        text = frames.read_text() if frames.exists() else ""
+        if '"cam0"' in text and '"cam1"' in text:
+            break
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    summary = json.loads(summary_path.read_text())
+    assert sorted(summary["streams"]) == ["cam0", "cam1"]
+    assert all(s["frames_out"] > 0 for s in summary["streams"].values())
+    assert len(summary["processes"]) == 2
