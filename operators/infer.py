@@ -145,7 +145,7 @@ class TritonInfer(Operator[TritonConfig]):
         elif mode in ("off", "system") or not local:
             self.cuda_shm = False
         if mode in ("system", "cuda") or (mode == "auto" and local):
-            self.pool = SlotPool(self.ctx.node_id)
+            self.pool = SlotPool(self.ctx.node_id, self.config.timeout_s)
 
     async def _check_model(self) -> None:
         from tritonclient.utils import InferenceServerException
@@ -158,10 +158,16 @@ class TritonInfer(Operator[TritonConfig]):
         if not live:
             raise InferenceUnavailable(f"{where} is not live")
         try:
-            meta = await self.client.get_model_metadata(cfg.model, cfg.version, as_json=True)
-            model_cfg = (await self.client.get_model_config(cfg.model, cfg.version, as_json=True))["config"]
+            meta = await self.client.get_model_metadata(
+                cfg.model, cfg.version, as_json=True, client_timeout=cfg.timeout_s
+            )
+            model_cfg = (
+                await self.client.get_model_config(
+                    cfg.model, cfg.version, as_json=True, client_timeout=cfg.timeout_s
+                )
+            )["config"]
         except InferenceServerException as e:
-            index = await self.client.get_model_repository_index(as_json=True)
+            index = await self.client.get_model_repository_index(as_json=True, client_timeout=cfg.timeout_s)
             names = sorted(m["name"] for m in index.get("models", []))
             raise OperatorError(
                 f"{where}: model {cfg.model!r} (version {cfg.version or 'latest'}) is not available: "
@@ -307,6 +313,10 @@ class TritonInfer(Operator[TritonConfig]):
         except InferenceServerException as e:
             if offsets:  # outputs may have changed shape: learn them again from a plain reply
                 self.layouts.pop(key, None)
+            if self.pool is not None and "shared memory region" in (e.message() or ""):
+                # a server restarted since we registered ("Unable to find shared memory region"):
+                # the retry registers every region afresh instead of failing the same way
+                self.pool.forget_registrations()
             raise InferenceUnavailable(f"{self.config.model}: {e.message()}") from e
         finally:
             if slot is not None and self.pool is not None:

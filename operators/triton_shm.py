@@ -124,8 +124,8 @@ class SystemRegion:
     async def register(self, client: Any, timeout_s: float) -> None:
         await client.register_system_shared_memory(self.name, self.key, self.size, client_timeout=timeout_s)
 
-    async def unregister(self, client: Any) -> None:
-        await client.unregister_system_shared_memory(self.name)
+    async def unregister(self, client: Any, timeout_s: float) -> None:
+        await client.unregister_system_shared_memory(self.name, client_timeout=timeout_s)
 
     def destroy(self) -> None:
         import tritonclient.utils.shared_memory as shm
@@ -159,8 +159,8 @@ class CudaRegion:
             self.name, raw, self.device_id, self.size, client_timeout=timeout_s
         )
 
-    async def unregister(self, client: Any) -> None:
-        await client.unregister_cuda_shared_memory(self.name)
+    async def unregister(self, client: Any, timeout_s: float) -> None:
+        await client.unregister_cuda_shared_memory(self.name, client_timeout=timeout_s)
 
     def destroy(self) -> None:
         import tritonclient.utils.cuda_shared_memory as cudashm
@@ -183,7 +183,7 @@ async def ensure_registered(region: Region, client: Any, timeout_s: float) -> No
         if "already in manager" not in (e.message() or ""):
             raise
         log.info("shared memory %s was still registered (server kept it): registering afresh", region.name)
-        await region.unregister(client)
+        await region.unregister(client, timeout_s)
         await region.register(client, timeout_s)
     region.registered = True
 
@@ -208,8 +208,9 @@ class Slot:
 class SlotPool:
     """Slots for requests in flight; regions grow (re-created) when a batch needs more room."""
 
-    def __init__(self, node_id: str) -> None:
+    def __init__(self, node_id: str, timeout_s: float) -> None:
         self.prefix = f"fg-{os.getpid()}-{node_id}"
+        self.timeout_s = timeout_s  # every call to the server is bounded: a stopping one may not answer
         self.slots: list[Slot] = []
         self.free: list[Slot] = []
 
@@ -234,7 +235,7 @@ class SlotPool:
         region = slot.host
         if region is None or region.size < need:
             if region is not None:
-                await _drop(region, client)
+                await _drop(region, client, self.timeout_s)
             region = SystemRegion(f"{self.prefix}-h{time.monotonic_ns()}", need)
             slot.host = region
         slot.output_base = _aligned(input_bytes)
@@ -244,7 +245,7 @@ class SlotPool:
         region = slot.cuda
         if region is None or region.size < input_bytes or region.device_id != device_id:
             if region is not None:
-                await _drop(region, client)
+                await _drop(region, client, self.timeout_s)
             region = CudaRegion(f"{self.prefix}-c{time.monotonic_ns()}", input_bytes, device_id)
             slot.cuda = region
         return region
@@ -253,15 +254,15 @@ class SlotPool:
         """Unregister (if the server is still there) and free every region."""
         for slot in self.slots:
             for region in slot.regions():
-                await _drop(region, client)
+                await _drop(region, client, self.timeout_s)
         self.slots.clear()
         self.free.clear()
 
 
-async def _drop(region: Region, client: Any) -> None:
+async def _drop(region: Region, client: Any, timeout_s: float) -> None:
     if region.registered and client is not None:
         try:
-            await region.unregister(client)
+            await region.unregister(client, timeout_s)
         except Exception as e:  # the server may be gone; the memory is freed below either way
             log.debug("unregister %s failed: %s", region.name, e)
     region.registered = False

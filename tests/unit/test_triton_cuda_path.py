@@ -8,6 +8,7 @@ the server still holds is registered afresh. tests/gpu runs the real thing on a 
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import numpy as np
@@ -36,8 +37,8 @@ class FakeCudaRegion:
     async def register(self, client: Any, timeout_s: float) -> None:
         await client.register_cuda_shared_memory(self.name, b"handle", self.device_id, self.size)
 
-    async def unregister(self, client: Any) -> None:
-        await client.unregister_cuda_shared_memory(self.name)
+    async def unregister(self, client: Any, timeout_s: float) -> None:
+        await client.unregister_cuda_shared_memory(self.name, client_timeout=timeout_s)
 
     def destroy(self) -> None:
         self.destroyed = True
@@ -68,7 +69,7 @@ class FakeClient:
             raise InferenceServerException(f"shared memory region '{name}' already in manager")
         self.holds.add(name)
 
-    async def unregister_cuda_shared_memory(self, name: str) -> None:
+    async def unregister_cuda_shared_memory(self, name: str, **kw: Any) -> None:
         self.calls.append(("unregister_cuda", name))
         self.holds.discard(name)
 
@@ -76,7 +77,7 @@ class FakeClient:
         self.calls.append(("register_system", name))
         self.holds.add(name)
 
-    async def unregister_system_shared_memory(self, name: str) -> None:
+    async def unregister_system_shared_memory(self, name: str, **kw: Any) -> None:
         self.calls.append(("unregister_system", name))
         self.holds.discard(name)
 
@@ -85,6 +86,11 @@ class FakeClient:
 
     async def infer(self, model: str, inputs: list[Any], **kw: Any) -> FakeResult:
         self.inputs.append(inputs[0])
+        params = inputs[0]._get_tensor().parameters
+        if "shared_memory_region" in params:
+            region = params["shared_memory_region"].string_param
+            if region not in self.holds:
+                raise InferenceServerException(f"Unable to find shared memory region: '{region}'")
         return FakeResult(int(inputs[0].shape()[0]))
 
     async def close(self) -> None:
@@ -103,10 +109,11 @@ def fake_gpu(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 
 def operator(mode: str, client: FakeClient, local: bool = True) -> TritonInfer:
-    cfg = TritonConfig(url="127.0.0.1:8001" if local else "triton:8001", model="m", shared_memory=mode)
+    url = "127.0.0.1:8001" if local else "triton:8001"
+    cfg = TritonConfig(url=url, model="m", shared_memory=mode, timeout_s=0.5)
     op = TritonInfer(cfg, OperatorContext("detect", NodeMetrics("detect")))
     op.client, op.input_name, op.output_names, op.max_batch = client, "x", ["y"], 4
-    op.pool = shm_mod.SlotPool("detect") if mode != "off" else None
+    op.pool = shm_mod.SlotPool("detect", cfg.timeout_s) if mode != "off" else None
     op.cuda_shm = {"cuda": True, "off": False, "system": False}.get(mode)
     return op
 
@@ -195,3 +202,65 @@ async def test_cuda_tensors_are_copied_to_the_host_without_cuda_shared_memory(
     if op.pool is not None:
         assert op.ctx.metrics.events["cuda_host_copies"] == 3
         await op.pool.close(client)
+
+
+class ForgetfulServer(FakeClient):
+    """A server that restarted between two requests: it no longer knows the regions."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.restarted = False
+
+    async def infer(self, model: str, inputs: list[Any], **kw: Any) -> FakeResult:
+        if self.restarted:
+            self.restarted = False
+            self.holds.clear()
+        return await super().infer(model, inputs, **kw)
+
+
+async def test_a_restart_between_requests_costs_a_retry_not_degraded_frames() -> None:
+    client = ForgetfulServer()
+    op = operator("system", client)
+    await op.process_batch(frames(2))
+    client.restarted = True
+    batch = frames(2)
+    await op.process_batch(batch)
+    assert all(f.outputs is not None for f in batch)
+    events = op.ctx.metrics.events
+    assert events["retries"] == 1
+    assert "degraded_frames" not in events
+    # registered, re-made larger once the outputs' shapes were known, registered again for the retry
+    assert [c[0] for c in client.calls] == [
+        "register_system",
+        "unregister_system",
+        "register_system",
+        "register_system",
+    ]
+    await op.pool.close(client)  # type: ignore[union-attr]
+
+
+class StoppingServer(FakeClient):
+    """A server shutting down: it still holds the regions and never answers an unregister."""
+
+    async def register_system_shared_memory(self, name: str, key: str, size: int, **kw: Any) -> None:
+        self.calls.append(("register_system", name))
+        raise InferenceServerException(f"shared memory region '{name}' already in manager")
+
+    async def unregister_system_shared_memory(self, name: str, **kw: Any) -> None:
+        self.calls.append(("unregister_system", name))
+        if kw.get("client_timeout") is None:
+            await asyncio.Event().wait()  # an unbounded call hangs the node for good
+        await asyncio.sleep(kw["client_timeout"])
+        raise InferenceServerException("Deadline Exceeded")
+
+
+async def test_a_server_that_never_answers_an_unregister_cannot_hang_the_node() -> None:
+    client = StoppingServer()
+    op = operator("system", client)
+    batch = frames(2)
+    await asyncio.wait_for(op.process_batch(batch), 5)  # bounded by timeout_s (0.5 s) per call
+    assert all("inference_unavailable" in f.degraded for f in batch)
+    assert ("unregister_system", client.calls[0][1]) in client.calls
+    for slot in op.pool.slots:  # type: ignore[union-attr]
+        for region in slot.regions():
+            region.destroy()  # freed here: this server would not answer an unregister
