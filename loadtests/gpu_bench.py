@@ -27,37 +27,30 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import gc
 import json
 import logging
 import multiprocessing
 import shutil
-import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from engine import device, samples  # noqa: E402
-from engine.metrics import LatencySamples, Metrics  # noqa: E402
 from engine.plan import build_plan  # noqa: E402
 from engine.runtime import RunOptions, Runtime  # noqa: E402
 from engine.yamlsource import load_text  # noqa: E402
-from operators.gpu_decode import CODECS, AnnexB  # noqa: E402
+from loadtests.bench_window import FPS, Starvation, snapshot, summarize_window, window  # noqa: E402
+from loadtests.gpu_ceiling import decode_ceiling, model_ceiling, probe_low_latency, smi, smi_used_mib  # noqa: E402
 
 log = logging.getLogger("gpu_bench")
-FPS = 30
 GRAPH_OVERHEAD_S = 20.0  # setup, first frame and drain, on top of --seconds, per graph run
 
 
@@ -86,149 +79,6 @@ def versions() -> dict[str, Any]:
             out["gpu"] = f"unknown: {e}"
     out["nvidia_smi"] = smi(["-L"])
     return out
-
-
-def smi(args: list[str]) -> str:
-    try:
-        done = subprocess.run(["nvidia-smi", *args], capture_output=True, text=True, timeout=10)
-        return done.stdout.strip() or done.stderr.strip()
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return f"nvidia-smi failed: {e}"
-
-
-def smi_used_mib() -> float | None:
-    text = smi(["--query-gpu=memory.used", "--format=csv,noheader,nounits"])
-    try:
-        return float(text.splitlines()[0])
-    except (ValueError, IndexError):
-        return None
-
-
-# --- (a) the NVDEC ceiling -------------------------------------------------------------------
-
-
-def _ceiling_worker(clip: Path, seconds: float, start: threading.Barrier, out: list[Any], index: int) -> None:
-    import av
-    import PyNvVideoCodec as nvc
-
-    try:
-        with av.open(str(clip)) as container:
-            cc = container.streams.video[0].codec_context
-            codec, extradata = cc.name, bytes(cc.extradata or b"")
-        rewriter = AnnexB(codec, extradata or None)
-        decoder = nvc.CreateDecoder(
-            gpuid=0,
-            codec=getattr(nvc.cudaVideoCodec, CODECS[codec]),
-            cudacontext=0,
-            cudastream=0,
-            usedevicememory=True,
-            outputColorType=nvc.OutputColorType.RGB,
-        )
-    except Exception as e:
-        out[index] = e
-        start.abort()
-        return
-    try:
-        start.wait()
-    except threading.BrokenBarrierError:
-        out[index] = RuntimeError("another decoder failed to start")
-        return
-    stop_at = time.perf_counter() + seconds
-    frames = 0
-    try:
-        while time.perf_counter() < stop_at:
-            with av.open(str(clip)) as container:
-                for packet in container.demux(container.streams.video[0]):
-                    if not packet.size:
-                        continue
-                    arr = np.frombuffer(rewriter.convert(bytes(packet), packet.is_keyframe), np.uint8)
-                    pd = nvc.PacketData()
-                    pd.bsl_data, pd.bsl, pd.pts = arr.ctypes.data, arr.size, packet.pts or 0
-                    frames += len(decoder.Decode(pd))
-                    if time.perf_counter() >= stop_at:
-                        break
-        out[index] = frames
-    except Exception as e:
-        out[index] = e
-
-
-def decode_ceiling(clip: Path, streams: int, seconds: float) -> dict[str, Any]:
-    """Total fps of `streams` threads decoding the clip on their own decoders."""
-    out: list[Any] = [None] * streams
-    start = threading.Barrier(streams + 1)
-    threads = [
-        threading.Thread(target=_ceiling_worker, args=(clip, seconds, start, out, i), daemon=True)
-        for i in range(streams)
-    ]
-    for t in threads:
-        t.start()
-    with contextlib.suppress(threading.BrokenBarrierError):  # a worker failed: it says why in `out`
-        start.wait(timeout=120)
-    began = time.perf_counter()
-    for t in threads:
-        t.join(timeout=seconds + 60)
-    elapsed = time.perf_counter() - began
-    errors = [f"{type(e).__name__}: {e}" for e in out if isinstance(e, Exception)]
-    frames = [n for n in out if isinstance(n, int)]
-    result: dict[str, Any] = {
-        "streams": streams,
-        "seconds": round(elapsed, 2),
-        "frames": sum(frames),
-        "fps": round(sum(frames) / seconds, 1) if frames else 0.0,
-        "per_stream_fps_min": round(min(frames) / seconds, 1) if frames else 0.0,
-    }
-    if errors:
-        result["errors"] = sorted(set(errors))[:5]
-    gc.collect()
-    return result
-
-
-def model_ceiling(seconds: float, batch: int = 32) -> dict[str, Any]:
-    """infer.torch's model alone (CenterFace fp16, 3x384x640) in a tight loop, batch `batch`."""
-    import torch
-
-    from operators.infer_torch import TorchModel, resolve_model_path
-
-    model = TorchModel(resolve_model_path("triton_models/centerface/1/centerface.onnx"), "cuda", 0, True)
-    frames = [torch.zeros((3, 384, 640), device="cuda") for _ in range(batch)]
-    model.run(frames, model.output_names)
-    n, t0 = 0, time.monotonic()
-    while time.monotonic() - t0 < seconds:
-        model.run(frames, model.output_names)
-        n += batch
-    return {"batch": batch, "fps": round(n / (time.monotonic() - t0), 1)}
-
-
-def probe_low_latency(clip: Path) -> str | None:
-    """None if a LOW latency decoder (ENDOFPICTURE packets) decodes the clip's start, else why."""
-    import av
-    import PyNvVideoCodec as nvc
-
-    try:
-        decoder = nvc.CreateDecoder(
-            gpuid=0,
-            codec=nvc.cudaVideoCodec.H264,
-            cudacontext=0,
-            cudastream=0,
-            usedevicememory=True,
-            outputColorType=nvc.OutputColorType.RGB,
-            latency=nvc.DisplayDecodeLatencyType.LOW,
-        )
-        frames = 0
-        with av.open(str(clip)) as container:
-            cc = container.streams.video[0].codec_context
-            rewriter = AnnexB(cc.name, bytes(cc.extradata or b"") or None)
-            for i, packet in enumerate(container.demux(container.streams.video[0])):
-                if i >= 30:
-                    break
-                arr = np.frombuffer(rewriter.convert(bytes(packet), packet.is_keyframe), np.uint8)
-                pd = nvc.PacketData()
-                pd.bsl_data, pd.bsl, pd.pts = arr.ctypes.data, arr.size, i
-                pd.decode_flag = nvc.VideoPacketFlag.ENDOFPICTURE
-                frames += len(decoder.Decode(pd))
-        return None if frames >= 29 else f"only {frames} of 30 frames came out without a flush"
-    except Exception as e:
-        return f"{type(e).__name__}: {e}"
 
 
 # --- (b) the full graph ----------------------------------------------------------------------
@@ -286,103 +136,6 @@ nodes:
     queue: {{size: 256, policy: drop_oldest}}
     config: {{path: "{{graph}}.jsonl", mode: events}}
 """
-
-
-def snapshot(metrics: Metrics) -> dict[str, Any]:
-    drops: Counter[str] = Counter()
-    drops_by_stream: Counter[str] = Counter()
-    for node in metrics.nodes.values():
-        for (stream, reason), n in node.dropped.items():
-            drops[reason] += n
-            drops_by_stream[stream] += n
-    return {
-        "t": time.monotonic(),
-        "out": {sid: s.frames_out for sid, s in metrics.streams.items()},
-        "lat": {sid: len(s.latency.samples) for sid, s in metrics.streams.items()},
-        "drops": drops,
-        "drops_by_stream": drops_by_stream,
-    }
-
-
-def window(metrics: Metrics, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    """Figures between two snapshots."""
-    span = b["t"] - a["t"]
-    fps = {sid: (b["out"][sid] - a["out"].get(sid, 0)) / span for sid in b["out"]}
-    latency = [
-        v
-        for sid, s in metrics.streams.items()
-        for v in s.latency.samples[a["lat"].get(sid, 0) : b["lat"][sid]]
-    ]
-    drops = b["drops"] - a["drops"]
-    drops_by_stream = b["drops_by_stream"] - a["drops_by_stream"]
-    held = [sid for sid, f in fps.items() if f >= FPS - 1 and drops_by_stream[sid] == 0]
-    return summarize_window(span, fps, latency, drops, held)
-
-
-def summarize_window(
-    span: float, fps: dict[str, float], latency: list[float], drops: Counter[str], held: list[str]
-) -> dict[str, Any]:
-    """The figures of one measuring window (of one process, or merged over processes)."""
-    values = sorted(fps.values())
-    return {
-        "window_s": round(span, 2),
-        "total_fps": round(sum(values), 1),
-        "per_stream_fps": {
-            "min": round(values[0], 2),
-            "median": round(statistics.median(values), 2),
-            "max": round(values[-1], 2),
-        },
-        "streams_realtime": len(held),
-        "latency_ms": LatencySamples().percentiles(latency),
-        "drops_by_reason": dict(drops),
-        "drops_total": sum(drops.values()),
-        "_raw": {"fps": fps, "latency": latency, "held": held},  # merged over processes, then dropped
-    }
-
-
-class Starvation:
-    """How long a thread waits for the GIL and the event loop for its turn, while a graph runs.
-
-    A thread sleeps 1 ms in a loop and a task sleeps 10 ms in a loop; what each oversleeps is
-    time spent waiting for the GIL (thread) or for the loop (task). p99s of tens of ms say the
-    process is GIL-bound: more processes, not a bigger GPU, is the cure.
-    """
-
-    def __init__(self) -> None:
-        self.gil: list[float] = []
-        self.loop: list[float] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._probe_gil, name="gil-probe", daemon=True)
-        self._task: asyncio.Task[None] | None = None
-
-    def _probe_gil(self) -> None:
-        while not self._stop.is_set():
-            t = time.perf_counter()
-            time.sleep(0.001)
-            self.gil.append((time.perf_counter() - t - 0.001) * 1000)
-
-    async def _probe_loop(self) -> None:
-        while True:
-            t = time.perf_counter()
-            await asyncio.sleep(0.01)
-            self.loop.append((time.perf_counter() - t - 0.01) * 1000)
-
-    def __enter__(self) -> Starvation:
-        self._thread.start()
-        self._task = asyncio.get_running_loop().create_task(self._probe_loop())
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._task is not None:
-            self._task.cancel()
-        self._thread.join(timeout=1)
-
-    def figures(self) -> dict[str, Any]:
-        return {
-            "gil_wait": LatencySamples().percentiles(self.gil),
-            "loop_lag": LatencySamples().percentiles(self.loop),
-        }
 
 
 async def run_graph_for(

@@ -1,0 +1,112 @@
+"""Measuring windows of a running graph for loadtests/gpu_bench.py: per-stream fps, drops and
+latency between two snapshots, and probes of GIL and event-loop starvation."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+from engine.metrics import LatencySamples, Metrics
+
+FPS = 30  # the cameras' rate: a stream is held when it delivers >= FPS - 1
+
+
+def snapshot(metrics: Metrics) -> dict[str, Any]:
+    drops: Counter[str] = Counter()
+    drops_by_stream: Counter[str] = Counter()
+    for node in metrics.nodes.values():
+        for (stream, reason), n in node.dropped.items():
+            drops[reason] += n
+            drops_by_stream[stream] += n
+    return {
+        "t": time.monotonic(),
+        "out": {sid: s.frames_out for sid, s in metrics.streams.items()},
+        "lat": {sid: len(s.latency.samples) for sid, s in metrics.streams.items()},
+        "drops": drops,
+        "drops_by_stream": drops_by_stream,
+    }
+
+
+def window(metrics: Metrics, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Figures between two snapshots."""
+    span = b["t"] - a["t"]
+    fps = {sid: (b["out"][sid] - a["out"].get(sid, 0)) / span for sid in b["out"]}
+    latency = [
+        v
+        for sid, s in metrics.streams.items()
+        for v in s.latency.samples[a["lat"].get(sid, 0) : b["lat"][sid]]
+    ]
+    drops = b["drops"] - a["drops"]
+    drops_by_stream = b["drops_by_stream"] - a["drops_by_stream"]
+    held = [sid for sid, f in fps.items() if f >= FPS - 1 and drops_by_stream[sid] == 0]
+    return summarize_window(span, fps, latency, drops, held)
+
+
+def summarize_window(
+    span: float, fps: dict[str, float], latency: list[float], drops: Counter[str], held: list[str]
+) -> dict[str, Any]:
+    """The figures of one measuring window (of one process, or merged over processes)."""
+    values = sorted(fps.values())
+    return {
+        "window_s": round(span, 2),
+        "total_fps": round(sum(values), 1),
+        "per_stream_fps": {
+            "min": round(values[0], 2),
+            "median": round(statistics.median(values), 2),
+            "max": round(values[-1], 2),
+        },
+        "streams_realtime": len(held),
+        "latency_ms": LatencySamples().percentiles(latency),
+        "drops_by_reason": dict(drops),
+        "drops_total": sum(drops.values()),
+        "_raw": {"fps": fps, "latency": latency, "held": held},  # merged over processes, then dropped
+    }
+
+
+class Starvation:
+    """How long a thread waits for the GIL and the event loop for its turn, while a graph runs.
+
+    A thread sleeps 1 ms in a loop and a task sleeps 10 ms in a loop; what each oversleeps is
+    time spent waiting for the GIL (thread) or for the loop (task). p99s of tens of ms say the
+    process is GIL-bound: more processes, not a bigger GPU, is the cure.
+    """
+
+    def __init__(self) -> None:
+        self.gil: list[float] = []
+        self.loop: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._probe_gil, name="gil-probe", daemon=True)
+        self._task: asyncio.Task[None] | None = None
+
+    def _probe_gil(self) -> None:
+        while not self._stop.is_set():
+            t = time.perf_counter()
+            time.sleep(0.001)
+            self.gil.append((time.perf_counter() - t - 0.001) * 1000)
+
+    async def _probe_loop(self) -> None:
+        while True:
+            t = time.perf_counter()
+            await asyncio.sleep(0.01)
+            self.loop.append((time.perf_counter() - t - 0.01) * 1000)
+
+    def __enter__(self) -> Starvation:
+        self._thread.start()
+        self._task = asyncio.get_running_loop().create_task(self._probe_loop())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._task is not None:
+            self._task.cancel()
+        self._thread.join(timeout=1)
+
+    def figures(self) -> dict[str, Any]:
+        return {
+            "gil_wait": LatencySamples().percentiles(self.gil),
+            "loop_lag": LatencySamples().percentiles(self.loop),
+        }
