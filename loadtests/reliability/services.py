@@ -7,80 +7,30 @@ All blocking: call them from a thread (asyncio.to_thread) while a graph runs.
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
-import time
 from pathlib import Path
+
+from engine.childproc import ChildServer, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def listening(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-class RtspServer:
+class RtspServer(ChildServer):
     """scripts/rtsp_server.py (Debian's python3, GStreamer) serving every <stem>.mp4 of a folder."""
 
+    what = "RTSP server"
+
     def __init__(self, media_dir: Path, log_dir: Path, name: str = "rtsp") -> None:
+        super().__init__(log_dir / f"{name}.log")
         self.media_dir = media_dir
-        self.log = log_dir / f"{name}.log"
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
 
     def url(self, stem: str) -> str:
         return f"rtsp://127.0.0.1:{self.port}/{stem}"
 
     def start(self, timeout_s: float = 20.0) -> None:
         self.media_dir.mkdir(parents=True, exist_ok=True)
-        with self.log.open("ab") as sink:
-            self.proc = subprocess.Popen(
-                [
-                    "/usr/bin/python3",
-                    str(ROOT / "scripts/rtsp_server.py"),
-                    "--media-dir",
-                    str(self.media_dir),
-                    "--port",
-                    str(self.port),
-                ],
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                break
-            if listening(self.port) and "ready" in self.log.read_text(errors="replace")[-4000:]:
-                return
-            time.sleep(0.05)
-        raise RuntimeError(f"RTSP server did not start: {self.log.read_text(errors='replace')[-800:]}")
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
-
-    def pause(self) -> None:
-        """SIGSTOP: the server hangs; its clients see no more packets (a stalled camera)."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGCONT)
+        argv = ["/usr/bin/python3", str(ROOT / "scripts/rtsp_server.py"), "--media-dir", str(self.media_dir)]
+        self.spawn([*argv, "--port", str(self.port)], timeout_s, ready=lambda log: "ready" in log)
 
 
 class Triton:
@@ -137,14 +87,14 @@ def tansu_binary() -> Path:
     return found[0]
 
 
-class Broker:
+class Broker(ChildServer):
     """A private Kafka-protocol broker (tansu, memory storage: a restart starts it empty)."""
 
+    what = "tansu"
+
     def __init__(self, log_dir: Path) -> None:
+        super().__init__(log_dir / "tansu.log")
         self.binary = tansu_binary()
-        self.log = log_dir / "tansu.log"
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def bootstrap(self) -> str:
@@ -160,34 +110,7 @@ class Broker:
             "--storage-engine",
             "memory://tansu/",
         ]
-        with self.log.open("ab") as sink:
-            self.proc = subprocess.Popen(
-                [str(self.binary), "broker", *args],
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if listening(self.port):
-                return
-            time.sleep(0.05)
-        raise RuntimeError(f"tansu did not listen on {self.port}: {self.log.read_text()[-500:]}")
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
-
-    def pause(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGCONT)
+        self.spawn([str(self.binary), "broker", *args], timeout_s)
 
 
 def process_stats(pid: int | str = "self") -> dict[str, float]:

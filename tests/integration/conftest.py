@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from engine.childproc import ChildServer, free_port
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def read_env(path: Path) -> dict[str, str]:
@@ -63,48 +57,23 @@ def private_triton() -> Iterator[TritonInstance]:
         instance("stop")
 
 
-class RtspServer:
+class RtspServer(ChildServer):
     """A private RTSP server (scripts/rtsp_server.py) that a test may kill, hang and restart."""
 
+    what = "RTSP server"
+
     def __init__(self, media_dir: Path, record_mounts: tuple[str, ...] = ()) -> None:
+        super().__init__(media_dir.parent / f"rtsp-server-{id(self)}.log")
         self.media_dir = media_dir
         self.record_mounts = record_mounts  # mounts that accept pushed streams (RECORD)
-        self.port = free_port()
-        self.proc: subprocess.Popen[str] | None = None
 
     def url(self, stem: str) -> str:
         return f"rtsp://127.0.0.1:{self.port}/{stem}"
 
     def start(self, timeout_s: float = 20.0) -> None:
-        log = self.media_dir / f"server-{self.port}.log"
-        with log.open("w") as sink:  # a file, not a pipe: a full pipe would block the server
-            self.proc = subprocess.Popen(
-                [
-                    "/usr/bin/python3",
-                    str(ROOT / "scripts/rtsp_server.py"),
-                    "--media-dir",
-                    str(self.media_dir),
-                    "--port",
-                    str(self.port),
-                    *(arg for name in self.record_mounts for arg in ("--record-mount", name)),
-                ],
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if "ready" in log.read_text():
-                return
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        raise RuntimeError(f"RTSP server did not start: {log.read_text()[-1000:]}")
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
+        argv = ["/usr/bin/python3", str(ROOT / "scripts/rtsp_server.py"), "--media-dir", str(self.media_dir)]
+        mounts = [arg for name in self.record_mounts for arg in ("--record-mount", name)]
+        self.spawn([*argv, "--port", str(self.port), *mounts], timeout_s, ready=lambda log: "ready" in log)
 
     def signal(self, sig: int) -> None:
         assert self.proc is not None

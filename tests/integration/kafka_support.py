@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import signal
-import socket
 import subprocess
 import threading
 import time
@@ -15,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from kafka import KafkaConsumer
+
+from engine.childproc import ChildServer
 
 ROOT = Path(__file__).resolve().parents[2]
 log = logging.getLogger("tests.kafka")
@@ -38,20 +37,14 @@ def tansu_binary() -> Path:
     return found[0]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class TansuBroker:
+class TansuBroker(ChildServer):
     """A private broker (memory storage: a restart loses its data) that a test may hang, kill, restart."""
 
+    what = "tansu"
+
     def __init__(self, binary: Path, log_path: Path) -> None:
+        super().__init__(log_path)
         self.binary = binary
-        self.log_path = log_path
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def bootstrap(self) -> str:
@@ -59,43 +52,15 @@ class TansuBroker:
 
     def start(self, timeout_s: float = 10.0) -> None:
         url = f"tcp://{self.bootstrap}"
-        with self.log_path.open("ab") as sink:
-            args = [
-                "--listener-url",
-                url,
-                "--advertised-listener-url",
-                url,
-                "--storage-engine",
-                "memory://tansu/",
-            ]
-            self.proc = subprocess.Popen(
-                [self.binary, "broker", *args],
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            time.sleep(0.05)
-        raise RuntimeError(f"tansu did not listen on {self.port}: {self.log_path.read_text()[-500:]}")
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
-
-    def hang(self) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGCONT)
+        args = [
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ]
+        self.spawn([str(self.binary), "broker", *args], timeout_s)
 
 
 @dataclass(frozen=True)

@@ -168,7 +168,7 @@ async def test_broker_hung_30s_loses_nothing_and_frames_keep_flowing(
     task = asyncio.create_task(runtime.run())
     try:
         await asyncio.sleep(3)
-        broker.hang()
+        broker.pause()
         hung_at = counters["accepted"]
         await asyncio.sleep(30)
         during = counters["accepted"] - hung_at
