@@ -156,13 +156,12 @@ def test_chaos_short_every_stream_recovers_from_every_fault(tmp_path: Path) -> N
     }
     for f in (
         f for f in faults if f["kind"] != "stream_churn"
-    ):  # back at 25 fps within 10 s (or, when other jobs held the machine below real time
-        # before the fault, back at 90 % of the stream's own rate: the report flags it)
-        if f["below_real_time_before"] and not f["recovered"]:
-            assert f["max_recovery_to_baseline_s"] <= 10, f
-        else:
-            assert f["recovered"], f
-            assert f["max_recovery_s"] <= 10, f
+    ):  # back at 25 fps within 10 s (or, when the machine held the streams below real time
+        # before the fault, back at 90 % of the stream's own rate within 10 s: reaching 25 fps
+        # then depends on the machine, not on the recovery; the report flags it)
+        at_25_fps = f["recovered"] and f["max_recovery_s"] <= 10
+        to_own_rate = f["max_recovery_to_baseline_s"] is not None and f["max_recovery_to_baseline_s"] <= 10
+        assert at_25_fps or (f["below_real_time_before"] and to_own_rate), f
     by_kind = {f["kind"]: f for f in faults}
     # the faults really happened: the streams they hit went down, and came back
     assert by_kind["rtsp_restart"]["min_fps"]["corrupt0"] < 25
