@@ -73,3 +73,29 @@ class ChildServer:
     def resume(self) -> None:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGCONT)
+
+
+class TansuBroker(ChildServer):
+    """A private Kafka-protocol broker (tansu, memory storage: a restart starts it empty)."""
+
+    what = "tansu"
+
+    def __init__(self, binary: Path, log_path: Path) -> None:
+        super().__init__(log_path)
+        self.binary = binary
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        url = f"tcp://{self.bootstrap}"
+        args = [
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ]
+        self.spawn([str(self.binary), "broker", *args], timeout_s)

@@ -10,7 +10,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from engine.childproc import ChildServer, free_port
+from engine.childproc import ChildServer, TansuBroker, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -87,30 +87,11 @@ def tansu_binary() -> Path:
     return found[0]
 
 
-class Broker(ChildServer):
-    """A private Kafka-protocol broker (tansu, memory storage: a restart starts it empty)."""
-
-    what = "tansu"
+class Broker(TansuBroker):
+    """This run's private broker, logging to <log_dir>/tansu.log."""
 
     def __init__(self, log_dir: Path) -> None:
-        super().__init__(log_dir / "tansu.log")
-        self.binary = tansu_binary()
-
-    @property
-    def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def start(self, timeout_s: float = 10.0) -> None:
-        url = f"tcp://{self.bootstrap}"
-        args = [
-            "--listener-url",
-            url,
-            "--advertised-listener-url",
-            url,
-            "--storage-engine",
-            "memory://tansu/",
-        ]
-        self.spawn([str(self.binary), "broker", *args], timeout_s)
+        super().__init__(tansu_binary(), log_dir / "tansu.log")
 
 
 def process_stats(pid: int | str = "self") -> dict[str, float]:

