@@ -270,7 +270,13 @@ async def _broker_down(
             await asyncio.sleep(0.01)
         start = session.now()
         rig.broker.pause()
-        await asyncio.sleep(0.3)
+        # a frozen broker acknowledges nothing new, but acknowledgements it sent just before are
+        # counted by the sink's publisher thread a little later: wait until the count holds still
+        last, still_since = acked(), time.monotonic()
+        while time.monotonic() - still_since < 0.5:
+            await asyncio.sleep(0.05)
+            if acked() != last:
+                last, still_since = acked(), time.monotonic()
         if reader.unique >= acked():
             break
         rig.broker.resume()

@@ -175,7 +175,7 @@ def _checks(opts: Options, out: dict[str, Any]) -> report.Checks:
             ok = f["recovered"] and worst is not None and worst <= bound
             value: Any = f["recovery_s"]
             if not ok and f["below_real_time_before"]:
-                # other jobs had the machine: the stream ran below real time before the fault too;
+                # other jobs had the machine: the stream ran below real time (< HELD_FPS) before the fault;
                 # then back at 90 % of its own rate before it counts (and the report says so)
                 base = f["max_recovery_to_baseline_s"]
                 ok = base is not None and base <= bound
