@@ -113,10 +113,13 @@ class Letterbox:
     def to_source(self, xyxy: FloatArray) -> FloatArray:
         """Map model-input coordinates back to source-frame pixels, clipped to the frame."""
         out = xyxy.astype(np.float32, copy=True)
-        out[:, [0, 2]] = (out[:, [0, 2]] - self.pad_x) / self.scale
-        out[:, [1, 3]] = (out[:, [1, 3]] - self.pad_y) / (self.scale_y or self.scale)
-        np.clip(out[:, [0, 2]], 0, self.src_width, out=out[:, [0, 2]])
-        np.clip(out[:, [1, 3]], 0, self.src_height, out=out[:, [1, 3]])
+        xs, ys = out[:, 0::2], out[:, 1::2]  # views: the arithmetic lands in `out`
+        xs -= np.float32(self.pad_x)
+        xs /= np.float32(self.scale)
+        ys -= np.float32(self.pad_y)
+        ys /= np.float32(self.scale_y or self.scale)
+        np.minimum(np.maximum(xs, 0, out=xs), self.src_width, out=xs)  # np.clip, without its overhead
+        np.minimum(np.maximum(ys, 0, out=ys), self.src_height, out=ys)
         return out
 
 

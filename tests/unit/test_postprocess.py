@@ -174,3 +174,15 @@ def test_match_and_recall_precision() -> None:
     assert match(pred, gt) == (1, 2, 1)  # one gt matched once; the duplicate is a false positive
     assert match(pred[:0], gt) == (0, 0, 2)
     assert recall_precision([pred, pred[:0]], [gt, gt[:0]]) == (0.5, 1 / 3)
+
+
+def test_letterbox_maps_back_and_clips_to_the_frame() -> None:
+    """Defect (session 3): `to_source` clipped a fancy-indexed copy, so boxes left the frame."""
+    lb = letterbox_geometry(1920, 1080, PreprocessConfig(width=640, height=384, mode="letterbox"))
+    inside = np.asarray([[64.0, 40.0, 128.0, 100.0]], np.float32)
+    got = lb.to_source(inside)
+    want = (inside - [lb.pad_x, lb.pad_y, lb.pad_x, lb.pad_y]) / lb.scale
+    assert got == pytest.approx(want, abs=1e-3)
+    over = np.asarray([[-20.0, 0.0, 700.0, 390.0]], np.float32)  # past every edge of the input
+    assert lb.to_source(over).tolist() == [[0.0, 0.0, 1920.0, 1080.0]]
+    assert over.tolist() == [[-20.0, 0.0, 700.0, 390.0]]  # the input is left as it was
