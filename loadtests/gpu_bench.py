@@ -49,6 +49,7 @@ from engine.runtime import RunOptions, Runtime  # noqa: E402
 from engine.yamlsource import load_text  # noqa: E402
 from loadtests.bench_window import FPS, Starvation, snapshot, summarize_window, window  # noqa: E402
 from loadtests.gpu_ceiling import decode_ceiling, model_ceiling, probe_low_latency, smi, smi_used_mib  # noqa: E402
+from loadtests.stack_sampler import StackSampler  # noqa: E402
 
 log = logging.getLogger("gpu_bench")
 GRAPH_OVERHEAD_S = 20.0  # setup, first frame and drain, on top of --seconds, per graph run
@@ -161,11 +162,12 @@ async def run_graph_for(
         result["first_frame_s"] = round(time.monotonic() - started, 2)
         await asyncio.sleep(warmup)
         a = snapshot(runtime.metrics)
-        with Starvation() as starved:
+        with Starvation() as starved, StackSampler() as sampler:
             await asyncio.sleep(max(1.0, seconds - warmup))
         b = snapshot(runtime.metrics)
         result.update(window(runtime.metrics, a, b))
         result["starvation_ms"] = starved.figures()
+        result["hot_stacks"] = sampler.figures(top=12)  # where the threads were: the GIL's budget
         if not cpu:
             import torch
 
@@ -393,6 +395,14 @@ def main() -> int:
                 f"latency {r.get('latency_ms')}, drops {r.get('drops_by_reason')} {r.get('error', '')}",
                 flush=True,
             )
+            hot = r.get("hot_stacks") or next(
+                (p["hot_stacks"] for p in r.get("per_process", []) if "hot_stacks" in p), None
+            )
+            if hot:  # the first process's threads: where the GIL went
+                took = f"{hot['samples']}/{hot['expected_samples']} samples"
+                print(f"  busy threads {hot['busy_threads']} ({took})")
+                for t in hot["top"][:4]:
+                    print(f"    {t['busy_threads']:6.2f} {t['thread']}: {t['stack'][:160]}")
             gc.collect()
             if not args.cpu_smoke:
                 import torch

@@ -49,4 +49,9 @@ def test_gpu_bench_plumbing_runs_in_one_and_in_two_processes(tmp_path: Path) -> 
         assert "_raw" not in run
         starvation = run["starvation_ms"] if key == "3x1p" else run["starvation_ms_worst_process"]
         assert starvation["gil_wait"]["p50"] is not None
+    for proc in [runs["3x1p"], *runs["3x2p"]["per_process"]]:  # each process says where its threads were
+        stacks = proc["hot_stacks"]
+        assert stacks["samples"] > 50  # every 5 ms over a 3 s window
+        assert stacks["top"], stacks
+        assert any("operators/" in t["stack"] or "engine/" in t["stack"] for t in stacks["top"])
     assert len(runs["3x2p"]["per_process"]) == 2
