@@ -31,6 +31,7 @@ import gc
 import json
 import logging
 import multiprocessing
+import os
 import shutil
 import sys
 import tempfile
@@ -52,6 +53,7 @@ from loadtests.gpu_ceiling import decode_ceiling, model_ceiling, probe_low_laten
 from loadtests.stack_sampler import StackSampler  # noqa: E402
 
 log = logging.getLogger("gpu_bench")
+GRAPHS_ENV = "FG_BENCH_CUDA_GRAPHS"  # infer.torch's cuda_graphs in the bench graph: true | false
 GRAPH_OVERHEAD_S = 20.0  # setup, first frame and drain, on top of --seconds, per graph run
 
 
@@ -122,7 +124,7 @@ nodes:
     batch: {{max_batch: 32, max_delay_ms: 5}}
     workers: 2
     queue: {{size: 256, policy: latency, budget_ms: 500}}
-    config: {{device: cuda, fp16: true, max_batch: 32}}
+    config: {{device: cuda, fp16: true, max_batch: 32, cuda_graphs: {os.environ.get(GRAPHS_ENV, "true")}}}
   - id: post
     op: postprocess.centerface
     inputs: [detect]
@@ -289,6 +291,12 @@ def main() -> int:
     p.add_argument("--model-seconds", type=float, default=0.0, help="> 0: measure the model alone first")
     p.add_argument("--cpu-smoke", action="store_true", help="check the plumbing without a GPU (no figures)")
     p.add_argument(
+        "--cuda-graphs",
+        choices=["true", "false"],
+        default="true",
+        help="infer.torch's cuda_graphs (the forward pass replayed from captured CUDA graphs)",
+    )
+    p.add_argument(
         "--processes",
         default="auto",
         help="graph processes per run: a number, or auto (~8 streams each, at most half the cores); "
@@ -340,6 +348,8 @@ def main() -> int:
         latency = "low" if low is None else "native"
         report["latency_probe"] = low or "low latency decoding works"
     report["latency_mode"] = latency
+    os.environ[GRAPHS_ENV] = args.cuda_graphs  # spawned graph processes read it too
+    report["cuda_graphs"] = args.cuda_graphs == "true"
     save()
 
     if args.model_seconds > 0:

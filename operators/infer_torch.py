@@ -23,6 +23,7 @@ from engine.errors import OperatorError
 from engine.frame import Frame, Item
 from engine.registry import Operator, OperatorContext
 from engine.spec import StrictModel
+from operators.cuda_graphs import CudaGraphs
 
 log = logging.getLogger("framegraph.infer_torch")
 DEGRADED = "inference_unavailable"
@@ -46,6 +47,12 @@ class TorchInferConfig(StrictModel):
     )
     max_batch: int = Field(32, ge=1, le=1024, description="Largest batch one forward pass takes.")
     warmup: bool = Field(True, description="On cuda, run batches of 1 and max_batch at setup.")
+    cuda_graphs: bool = Field(
+        False,
+        description="On cuda, capture the forward pass as CUDA graphs (one per power-of-two batch "
+        "size up to max_batch; batches padded up): one launch per batch instead of one Python call "
+        "per layer. A model that cannot be captured runs as before (logged).",
+    )
 
     @model_validator(mode="after")
     def _fp16_needs_cuda(self) -> TorchInferConfig:
@@ -108,8 +115,17 @@ class TorchModel:
         model = convert(graph).eval().to(self.device)
         self.model: Any = model.half() if fp16 else model
 
+        self.graphs: CudaGraphs | None = None
+
     def describe(self) -> str:
-        return f"{self.device} {'fp16' if self.dtype == self.torch.float16 else 'fp32'}"
+        graphs = f", CUDA graphs for batches {self.graphs.buckets}" if self.graphs else ""
+        return f"{self.device} {'fp16' if self.dtype == self.torch.float16 else 'fp32'}{graphs}"
+
+    def capture_graphs(self, input_shape: list[int], max_batch: int) -> None:
+        """Capture the forward pass for inputs of `input_shape` (no batch axis); raises if it cannot."""
+        graphs = CudaGraphs(self.torch, self.model, input_shape, self.dtype, self.device, max_batch)
+        graphs.capture()
+        self.graphs = graphs
 
     def run(self, tensors: list[Any], names: list[str]) -> dict[str, np.ndarray]:
         """One forward pass over a batch; {name: host float32 array (B, ...)}."""
@@ -119,16 +135,21 @@ class TorchModel:
                 t if isinstance(t, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(t))
                 for t in tensors
             ]
+            if self.graphs is not None and self.graphs.fits(parts):
+                return self.graphs.run(parts, lambda outs: self._read(outs, names))  # type: ignore[no-any-return]
             batch = torch.stack([p.to(self.device, non_blocking=True) for p in parts]).to(self.dtype)
             out = self.model(batch)
-            outs = list(out) if isinstance(out, list | tuple) else [out]
-            if len(outs) != len(self.output_names):
-                raise OperatorError(
-                    f"infer.torch: the model returned {len(outs)} outputs; "
-                    f"its graph names {len(self.output_names)}"
-                )
-            by_name = dict(zip(self.output_names, outs, strict=True))
-            return {n: by_name[n].float().cpu().numpy() for n in names}
+            return self._read(list(out) if isinstance(out, list | tuple) else [out], names)
+
+    def _read(self, outs: list[Any], names: list[str]) -> dict[str, np.ndarray]:
+        """The named outputs, on the host as float32."""
+        if len(outs) != len(self.output_names):
+            raise OperatorError(
+                f"infer.torch: the model returned {len(outs)} outputs; "
+                f"its graph names {len(self.output_names)}"
+            )
+        by_name = dict(zip(self.output_names, outs, strict=True))
+        return {n: by_name[n].float().cpu().numpy() for n in names}
 
 
 def _split(frames: list[Frame], max_batch: int) -> list[list[Frame]]:
@@ -166,6 +187,18 @@ class TorchInfer(Operator[TorchInferConfig]):
         shape = self._check_upstream()
         if shape is not None and cfg.warmup and self.model.device.type == "cuda":
             await self.ctx.run_pinned(self._warmup, shape)
+        if cfg.cuda_graphs and self.model.device.type != "cuda":
+            log.warning("node %s: cuda_graphs ignored on %s", self.ctx.node_id, self.model.device)
+        elif cfg.cuda_graphs and shape is None:
+            log.warning(
+                "node %s: cuda_graphs off: no preprocess upstream says the input shape", self.ctx.node_id
+            )
+        elif cfg.cuda_graphs:
+            try:
+                await self.ctx.run_pinned(self.model.capture_graphs, shape, cfg.max_batch)
+            except Exception as e:  # a model with host syncs or dynamic shapes cannot be captured
+                self.ctx.metrics.events["cuda_graphs_refused"] += 1
+                log.warning("node %s: cuda_graphs off: capture failed: %s", self.ctx.node_id, e)
         log.info("node %s: %s on %s", self.ctx.node_id, path.name, self.model.describe())
 
     def _check_upstream(self) -> list[int] | None:

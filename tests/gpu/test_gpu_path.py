@@ -279,3 +279,28 @@ nodes:
         assert events.get("cuda_shm_batches", 0) >= 1, events
         assert events.get("cuda_host_copies", 0) == 0, events
     return [f.outputs for f in frames]
+
+
+def test_cuda_graphs_give_the_eager_outputs_for_every_batch_size() -> None:
+    """infer.torch with cuda_graphs: CenterFace replayed from captured graphs (batches padded up to
+    their bucket) gives what the eager forward pass gives, for full and padded batches."""
+    if not CENTERFACE.is_file():
+        pytest.skip("centerface.onnx missing (scripts/setup_models.py)")
+    import torch
+
+    from operators.infer_torch import TorchModel
+
+    model = TorchModel(CENTERFACE, "cuda", 0, True)
+    rng = np.random.default_rng(0)
+    batches = {n: [rng.random((3, 384, 640), np.float32) for _ in range(n)] for n in (1, 3, 8)}
+    eager = {n: model.run(x, model.output_names) for n, x in batches.items()}
+    model.capture_graphs([3, 384, 640], 8)
+    assert model.graphs is not None
+    assert model.graphs.buckets == [1, 2, 4, 8]
+    for n, x in batches.items():
+        got = model.run([torch.from_numpy(t).cuda() for t in x], model.output_names)
+        for name, want in eager[n].items():
+            assert got[name].shape == want.shape
+            assert np.abs(got[name] - want).max() < 1e-2, (n, name)
+    assert model.graphs.replays == 3
+    assert model.graphs.padded_items == 1  # 3 frames went through the graph of 4
