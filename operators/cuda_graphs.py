@@ -55,7 +55,8 @@ class TorchGraphApi:
     def capture(self, fn: Callable[[], Any], pool: Any) -> tuple[Any, Any, Any]:
         """(graph, what fn returned while captured, the graph's memory pool)."""
         graph = self.torch.cuda.CUDAGraph()
-        with self.torch.cuda.graph(graph, pool=pool):
+        # thread_local: other threads (decoders, DALI) may allocate while this one captures
+        with self.torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
             out = fn()
         return graph, out, graph.pool()
 
