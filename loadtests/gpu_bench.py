@@ -8,7 +8,8 @@ On the GPU machine it makes one 1080p30 H.264 6 Mb/s clip (10 s) and measures
 (a) the ceiling: N threads, each demuxing the clip with PyAV, rewriting it to Annex B and
     decoding it on its own PyNvVideoCodec decoder as fast as it goes, for --ceiling-seconds;
 (b) the graph: N looped, real-time file sources -> decode.nvdec (a thread per stream, <= 16) ->
-    preprocess.torch (batch 32, 5 ms) -> infer.torch (CenterFace fp16, batch 32, workers 2)
+    preprocess.torch (batch 32, 5 ms) -> infer.torch (CenterFace fp16, batch 32, workers 2,
+    CUDA graphs; waiting for a batch of ~8: up to 33 ms when a process has few streams)
     -> postprocess.centerface -> track.bytetrack -> sink.jsonl (events), for --seconds, the
     first --warmup seconds after the first frame left out of every figure.
 --cpu-smoke runs the same plumbing (processes, windows, report) on a machine without a GPU:
@@ -87,6 +88,13 @@ def versions() -> dict[str, Any]:
 # --- (b) the full graph ----------------------------------------------------------------------
 
 
+def detect_delay_ms(streams: int, target_batch: int = 8) -> int:
+    """infer.torch's max_delay_ms for a process with `streams` cameras: long enough for a batch of
+    ~target_batch (a process of 8 streams sees a frame every 4 ms; 5 ms would give batches of 1-2,
+    and 8 processes of batch-1 forward passes would time-slice the GPU), at most 33 ms (a frame)."""
+    return min(33, max(5, round(target_batch * 1000 / (streams * FPS))))
+
+
 def graph_yaml(clip: Path, ids: list[int], latency: str, cpu: bool = False) -> str:
     sources = "\n".join(
         f'  - {{id: cam{i:03d}, url: "{clip}", config: {{loop: true, realtime: true}}}}' for i in ids
@@ -121,7 +129,7 @@ nodes:
   - id: detect
     op: infer.torch
     inputs: [pre]
-    batch: {{max_batch: 32, max_delay_ms: 5}}
+    batch: {{max_batch: 32, max_delay_ms: {detect_delay_ms(len(ids))}}}
     workers: 2
     queue: {{size: 256, policy: latency, budget_ms: 500}}
     config: {{device: cuda, fp16: true, max_batch: 32, cuda_graphs: {os.environ.get(GRAPHS_ENV, "true")}}}
@@ -170,6 +178,7 @@ async def run_graph_for(
         result.update(window(runtime.metrics, a, b))
         result["starvation_ms"] = starved.figures()
         result["hot_stacks"] = sampler.figures(top=12)  # where the threads were: the GIL's budget
+        result["detect_max_delay_ms"] = None if cpu else detect_delay_ms(len(ids))
         if not cpu:
             import torch
 
