@@ -33,7 +33,11 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument(
         "--connect",
         action="store_true",
-        help="also set up every operator: reach servers, check models against the graph",
+        help="also open every source once and set up every operator (servers, models, brokers); "
+        "every failure is listed, nothing runs",
+    )
+    v.add_argument(
+        "--timeout-s", type=float, default=15.0, help="--connect: how long each source or node may take"
     )
     r = sub.add_parser("run", help="run a graph until its sources end (or Ctrl-C)")
     r.add_argument("graph", type=Path)
@@ -118,10 +122,19 @@ def main(argv: list[str] | None = None) -> int:
         return serve_worker(plan, args)
     if args.command == "validate":
         if args.connect:
-            try:
-                run_async(Runtime(plan).check())
-            except FramegraphError as e:
-                print(f"invalid graph:\n{args.graph}: {e}", file=sys.stderr)
+            from engine.preflight import preflight
+
+            print(f"{args.graph}: opening its sources and setting up its nodes ...")
+            checks = run_async(preflight(plan, args.timeout_s))
+            for c in checks:
+                print(c.line(), flush=True)
+            failed = [c for c in checks if not c.ok]
+            if failed:
+                lines = "\n".join(c.line() for c in failed)
+                print(
+                    f"invalid graph:\n{args.graph}: {len(failed)} of {len(checks)} checks failed:\n{lines}",
+                    file=sys.stderr,
+                )
                 return EXIT_INVALID
         print(
             f"{args.graph}: ok ({len(plan.sources)} sources, {len(plan.nodes)} nodes, "

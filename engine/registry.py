@@ -73,6 +73,15 @@ class Operator(Generic[ConfigT]):
     async def teardown(self) -> None:
         """Release resources after the last frame."""
 
+    # validate --connect calls probe() alone, without setup/teardown: for operators whose setup
+    # starts work a check should not (a publisher thread, a spool file) and whose probe covers it
+    probe_replaces_setup: ClassVar[bool] = False
+
+    async def probe(self) -> str | None:
+        """For `validate --connect`, after `setup`: reach what this operator needs beyond what setup
+        checked (a broker it connects to lazily, ...) and say what it found; raise if unreachable."""
+        return None
+
     async def on_stream_start(self, info: StreamInfo) -> None:
         """Create per-stream state."""
 
@@ -122,6 +131,11 @@ class Source(Generic[ConfigT]):
     async def run(self, emit: Emit) -> None:
         """Emit the stream until it ends or `ctx.stop` is set; emit Control END last."""
         raise NotImplementedError
+
+    async def probe(self) -> str | None:
+        """For `validate --connect`: open the stream once and describe it (codec, size, rate);
+        raise SourceError if it cannot be read. None: this source has nothing to reach."""
+        return None
 
 
 _BUILTIN: dict[str, str] = {

@@ -127,13 +127,15 @@ class Runtime:
     def _consumers(self) -> list[_Node]:
         return [n for n in self._nodes.values() if any(s == ALL_SOURCES for s, _ in n.plan.spec.edges())]
 
-    async def check(self) -> None:
-        """Set up every operator (connect, load models, check them against the graph), then tear down."""
-        self._build()
-        await self._setup_all()
-        for node in reversed(self._nodes.values()):
-            await node.op.teardown()
-            node.op.ctx.close()
+    def instances(self) -> tuple[list[tuple[str, str, Operator[Any]]], list[tuple[str, str, Source[Any]]]]:
+        """The graph's operators (id, op, instance) in graph order and its sources (id, op,
+        instance), made as a run makes them but not started: for engine.preflight."""
+        if not self._built:
+            self._build()
+            self._built = True
+        nodes = [(n.id, n.plan.op, n.op) for n in self._nodes.values()]
+        sources = [(sid, s.plan.spec.resolved_op, s.source) for sid, s in self.streams.items()]
+        return nodes, sources
 
     async def _setup_all(self) -> None:
         """Set up the operators in graph order; on a failure, tear down those already set up."""

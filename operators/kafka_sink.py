@@ -22,6 +22,7 @@ from typing import Any, Literal
 from opentelemetry import trace
 from pydantic import ConfigDict, Field, SecretStr, model_validator
 
+from engine.errors import OperatorError
 from engine.events import (
     SCHEMA_VERSION,
     DegradationWatch,
@@ -208,6 +209,31 @@ class KafkaSink(Operator[KafkaSinkConfig]):
             on_delivered=self._delivered if self.ctx.tracer is not None else None,
         )
         self._publisher.start()
+
+    probe_replaces_setup = True  # setup starts the publisher and opens the spool: not for a check
+
+    async def probe(self) -> str | None:
+        """Reach the brokers with this sink's own settings (security included) and look the topic up."""
+        cfg = self.config
+
+        def look() -> str:
+            producer = self._connect()  # fails here on unreachable brokers, refused TLS or SASL
+            try:
+                partitions = producer.partitions_for(cfg.topic)  # a metadata request: auth, ACLs
+            finally:
+                producer.close(timeout=1)
+            if not partitions:
+                return f"brokers answer; topic {cfg.topic!r} does not exist yet (the broker may create it)"
+            return f"brokers answer; topic {cfg.topic!r} has {len(partitions)} partition(s)"
+
+        try:
+            found: str = await self.ctx.run_blocking(look)
+            return found
+        except Exception as e:
+            why = self.describe(e)
+            if type(e).__name__ == "KafkaTimeoutError":
+                why = f"no broker answers within {cfg.connect_timeout_s:g} s ({str(e).split(': ', 1)[-1]})"
+            raise OperatorError(f"kafka {cfg.bootstrap}: {why}") from e
 
     async def teardown(self) -> None:
         if self._publisher is not None:

@@ -47,6 +47,26 @@ class _PacketSource(Source[Any]):
         self.seq = 0
         self.started = False
 
+    def open_args(self) -> tuple[dict[str, str], tuple[float, float] | None]:
+        """FFmpeg options and (open, read) timeouts for opening this source."""
+        return {}, None
+
+    async def probe(self) -> str | None:
+        """Open the stream, read its first packet, and describe it ("h264 1920x1080 at 30 fps")."""
+        options, timeout = self.open_args()
+
+        def look() -> str:
+            demuxer = Demuxer(self.ctx.stream_id, self.ctx.url, options, timeout)
+            try:
+                info = demuxer.info()
+                if next(iter(demuxer.packets()), None) is None:
+                    raise SourceError(f"{self.ctx.stream_id}: {demuxer.safe_url} opened, but sent no packet")
+                return f"{info.codec} {info.width}x{info.height} at {info.fps:g} fps"
+            finally:
+                demuxer.close()
+
+        return await asyncio.to_thread(look)
+
     def limit_reached(self) -> bool:
         return self.ctx.max_frames is not None and self.seq >= self.ctx.max_frames
 
@@ -137,11 +157,14 @@ class RtspSource(_PacketSource):
     Config = RtspConfig
     config: RtspConfig
 
+    def open_args(self) -> tuple[dict[str, str], tuple[float, float] | None]:
+        cfg = self.config
+        return {"rtsp_transport": cfg.transport}, (cfg.open_timeout_s, cfg.read_timeout_s)
+
     async def run(self, emit: Emit) -> None:
         cfg = self.config
         reader = _Reader(self.ctx.stream_id)
-        options = {"rtsp_transport": cfg.transport}
-        timeout = (cfg.open_timeout_s, cfg.read_timeout_s)
+        options, timeout = self.open_args()
         failures = 0
         reconnects = 0
         safe = redact_url(self.ctx.url)
