@@ -25,7 +25,7 @@ import orjson
 from engine.frame import Control, ControlKind, Frame, now_ns
 from engine.tracing import trace_id
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1: optional track_session
 SummaryPolicy = Literal["every_frame", "with_detections", "never"]
 HealthStatus = Literal["connected", "reconnecting", "degraded", "recovered", "ended"]
 
@@ -113,7 +113,17 @@ def detection_summary(frame: Frame, graph: str, trace: str | None = None) -> dic
 
 
 def frame_events(frame: Frame, graph: str, summary: SummaryPolicy = "every_frame") -> list[dict[str, Any]]:
-    """A frame's events: its detection summary (per `summary`), then one per `frame.events` item."""
+    """A frame's events: its detection summary (per `summary`), then one per `frame.events` item.
+    Every one carries the frame's `track_session` when a tracker numbered its track ids."""
+    out = _frame_events(frame, graph, summary)
+    session = frame.meta.get("track_session")
+    if session is not None:
+        for event in out:
+            event["track_session"] = session
+    return out
+
+
+def _frame_events(frame: Frame, graph: str, summary: SummaryPolicy) -> list[dict[str, Any]]:
     trace = trace_id(frame)
     out: list[dict[str, Any]] = []
     has_detections = frame.detections is not None and len(frame.detections) > 0

@@ -6,6 +6,11 @@ their lifecycle is raised into `frame.events`: `track.start` when an id first ap
 `track.end` when the tracker drops it (lost for `lost_track_buffer` frames) or the stream ends.
 So that the stream's last frame can carry the final `track.end` events, one frame per stream is
 held back (`hold_last_frame`; off: no added latency, tracks open at the end are only counted).
+
+Track ids count from 0 per tracker, and a stream gets a new tracker whenever it starts again (a
+worker took it over after a failover, the job was restarted). So each tracker has a session id
+(UUIDv7), put in `frame.meta["track_session"]` and from there into every event of the frame:
+(stream_id, track_session, track_id) names one track for good. A reconnect keeps the tracker.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
+from engine.events import uuid7
 from engine.frame import Detections, Frame, Item, StreamInfo
 from engine.registry import Operator, OperatorContext
 from engine.spec import StrictModel
@@ -47,6 +53,7 @@ class _StreamTracks:
     tracker: Any
     open: dict[int, tuple[int, list[float]]] = field(default_factory=dict)
     held: Frame | None = None
+    session: str = field(default_factory=uuid7)  # which tracker numbered the ids
 
 
 def _event(kind: str, track_id: int, class_id: int, xyxy: list[float]) -> dict[str, Any]:
@@ -96,6 +103,7 @@ class ByteTrack(Operator[ByteTrackConfig]):
         state = self.streams.get(item.stream_id)
         if state is None:
             state = self.streams[item.stream_id] = _StreamTracks(self._new_tracker(0.0))
+        item.meta["track_session"] = state.session
         det = item.detections
         if det is not None and not det.degraded:  # else the detector did not run: tracks age not
             ids = self._update(state, det)

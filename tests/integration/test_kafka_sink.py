@@ -27,6 +27,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from pydantic import Field
 
 from engine.childproc import TansuBroker
+from engine.events import SCHEMA_VERSION
 from engine.frame import Control, ControlKind, Frame, StreamInfo, now_ns
 from engine.plan import load_plan
 from engine.registry import Emit, Source, register
@@ -139,7 +140,7 @@ async def test_every_produced_event_is_consumed_in_order_with_trace_headers(
     traced = 0
     for m in consumed.values():
         schema.validate(m.value)
-        assert m.headers["schema_version"] == m.value["schema_version"] == "1.0"
+        assert m.headers["schema_version"] == m.value["schema_version"] == SCHEMA_VERSION
         parent = m.headers.get("traceparent")
         if m.value["trace_id"] is None:
             assert parent is None or TRACEPARENT.fullmatch(parent)  # untraced: absent (or valid)

@@ -164,3 +164,40 @@ async def test_jsonl_events_mode_writes_the_same_event_objects(
     lines = [json.loads(line) for line in (tmp_path / "ev.jsonl").read_text().splitlines()]
     assert [e["type"] for e in lines] == ["detections"] + [e["type"] for e in RAISED]
     assert all(validator.is_valid(e) for e in lines)
+
+
+async def test_track_sessions_name_tracks_across_restarts_of_a_stream(
+    validator: jsonschema.Draft202012Validator,
+) -> None:
+    """A stream that starts again (failover, restart) gets a new tracker whose ids start over:
+    every event of a tracked frame carries its tracker's session, so (stream, session, id) differ."""
+    from operators.track import ByteTrack, ByteTrackConfig
+
+    def run_once() -> list[dict[str, Any]]:
+        op = ByteTrack(ByteTrackConfig(hold_last_frame=False), OperatorContext("t", NodeMetrics("t")))
+        out: list[dict[str, Any]] = []
+        for seq in range(4):
+            frame = tracked_frame(seq)
+            assert frame.detections is not None
+            frame.detections = Detections(
+                frame.detections.xyxy, np.array([0.9, 0.8], np.float32), frame.detections.class_id
+            )
+            coro = op.process(frame)
+            try:
+                coro.send(None)
+            except StopIteration as done:
+                (tracked,) = done.value
+            out += frame_events(tracked, "g")
+        return out
+
+    first, second = run_once(), run_once()
+    for events in (first, second):
+        assert len({e["track_session"] for e in events}) == 1
+        starts = [e for e in events if e["type"] == "track.start"]
+        assert [e["track_id"] for e in starts] == [0, 1]  # both trackers number from 0 ...
+        for event in events:
+            assert not [m.message for m in validator.iter_errors(json.loads(dumps(event)))]
+    assert first[0]["track_session"] != second[0]["track_session"]  # ... under different sessions
+    untracked = frame_events(tracked_frame(), "g")
+    assert all("track_session" not in e for e in untracked)  # no tracker, no session
+    assert not validator.is_valid({**json.loads(dumps(first[0])), "track_session": "cam0-1"})
