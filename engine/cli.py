@@ -37,7 +37,10 @@ def _parser() -> argparse.ArgumentParser:
         "every failure is listed, nothing runs",
     )
     v.add_argument(
-        "--timeout-s", type=float, default=15.0, help="--connect: how long each source or node may take"
+        "--timeout-s",
+        type=float,
+        default=60.0,
+        help="--connect: the longest any one source or node may take (an embedded Triton starts in it)",
     )
     r = sub.add_parser("run", help="run a graph until its sources end (or Ctrl-C)")
     r.add_argument("graph", type=Path)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -75,11 +76,13 @@ async def _check_node(nid: str, op: str, operator: Any, timeout_s: float) -> Che
     return Check("node", nid, op, ok, detail, time.monotonic() - started)
 
 
-async def preflight(plan: GraphPlan, timeout_s: float = 15.0, parallel_sources: int = 16) -> list[Check]:
+async def preflight(plan: GraphPlan, timeout_s: float = 60.0, parallel_sources: int = 16) -> list[Check]:
     """Sources first (up to `parallel_sources` at a time), then the nodes in graph order."""
     nodes, sources = Runtime(plan, RunOptions()).instances()
     urls = {sp.spec.id: sp.spec.url for sp in plan.sources}
     gate = asyncio.Semaphore(parallel_sources)
+    # as many threads as probes at once: a probe's clock never runs while it queues for a thread
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(parallel_sources + 4))
 
     async def one(sid: str, op: str, source: Any) -> Check:
         async with gate:
