@@ -111,23 +111,28 @@ def test_schema_is_json_schema_of_graph_files() -> None:
     assert schema["additionalProperties"] is False
 
 
-def test_validate_connect_names_a_missing_model(triton_url: str) -> None:
+def test_validate_connect_names_a_missing_model(triton_url: str, clip_720p: Path, tmp_path: Path) -> None:
+    where = ["--set", f"nodes.detect.config.url={triton_url}", "--set", f"sources.0.url={clip_720p}"]
     result = framegraph(
         "validate",
         "graphs/face_detect.yaml",
         "--connect",
-        "--set",
-        f"nodes.detect.config.url={triton_url}",
+        *where,
         "--set",
         "nodes.detect.config.model=centerfaze",
     )
     assert result.returncode == 2
     assert "model 'centerfaze' (version latest) is not available" in result.stderr
     assert "models there: centerface, textdet" in result.stderr
-    ok = framegraph(
-        "validate", "graphs/face_detect.yaml", "--connect", "--set", f"nodes.detect.config.url={triton_url}"
-    )
+    assert "1 of 6 checks failed" in result.stderr  # the source and the other nodes are fine
+    ok = framegraph("validate", "graphs/face_detect.yaml", "--connect", *where)
     assert ok.returncode == 0, ok.stderr
+    gone = tmp_path / "gone.mp4"
+    missing = framegraph(
+        "validate", "graphs/face_detect.yaml", "--connect", *where[:2], "--set", f"sources.0.url={gone}"
+    )
+    assert missing.returncode == 2  # a source that cannot be opened fails the check, named
+    assert f"FAILED source cam0 (source.file, {gone}): cam0: cannot open" in missing.stderr
 
 
 def test_metrics_are_exposed_for_prometheus(clip_720p: Path, tmp_path: Path) -> None:
