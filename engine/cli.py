@@ -82,6 +82,14 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--output", type=Path, default=Path("out"))
     w.add_argument("--plugin", action="append", default=[], help="module to import (registers operators)")
     w.add_argument("--log-level", default="INFO")
+    w.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        metavar="K",
+        help="K worker processes sharing the streams through --redis (ids WORKER-ID-i, API on "
+        "API-PORT+i; 0: one per core): per-frame Python work then uses K cores",
+    )
     s = sub.add_parser("streams", help="list, add or remove streams through a worker's control API")
     s.add_argument("action", choices=["ls", "add", "rm"])
     s.add_argument("stream_id", nargs="?")
@@ -122,6 +130,14 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(
             level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
+        if args.processes < 0:
+            print("--processes must be >= 0 (0: one per core)", file=sys.stderr)
+            return EXIT_INVALID
+        if args.processes != 1:
+            from engine.shards import cpu_count
+            from engine.worker_processes import serve_workers
+
+            return serve_workers(args, args.processes or cpu_count())
         return serve_worker(plan, args)
     if args.command == "validate":
         if args.connect:

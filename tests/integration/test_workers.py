@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -266,3 +268,106 @@ def test_redis_restart_workers_keep_their_streams_and_re_register(
     finally:
         client.close()
         workers.stop()
+
+
+def two_free_ports() -> int:
+    """A port P such that P and P+1 are both free on 127.0.0.1."""
+    for _ in range(50):
+        port = free_port()
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise AssertionError("no two consecutive free ports")
+
+
+def test_one_worker_command_runs_k_processes_that_share_the_streams(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """`framegraph worker --processes 2`: two workers (ids w-0, w-1, APIs on P and P+1) lease the
+    streams added through either API; SIGTERM to the parent stops both and exits 0."""
+    graph = tmp_path / "graph.yaml"
+    graph.write_text(GRAPH)
+    port = two_free_ports()
+    cmd = [sys.executable, "-m", "engine.cli", "worker", str(graph), "--redis", redis_server.url]
+    cmd += ["--namespace", "k", "--worker-id", "w", "--lease-ttl-s", str(TTL_S), "--api-port", str(port)]
+    cmd += ["--output", str(tmp_path / "out"), "--plugin", "engine.testing", "--processes", "2"]
+    log_path = tmp_path / "workers.log"
+    with log_path.open("w") as log_file:
+        parent = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log_file)
+    apis = [f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port + 1}"]
+    try:
+        wait_until(lambda: all(_up(a) for a in apis), 60)
+        for i in range(1, 6):
+            body = {
+                "id": f"s{i}",
+                "url": "synthetic",
+                "op": "test.synthetic",
+                "config": {"frames": 10**7, "fps": 15},
+            }
+            assert httpx.post(f"{apis[i % 2]}/streams", json=body, timeout=5).status_code == 201
+
+        def owners() -> list[str | None]:
+            return [s["owner"] for s in httpx.get(f"{apis[0]}/streams", timeout=5).json()]
+
+        wait_until(lambda: sorted(map(str, owners())) == ["w-0"] * 3 + ["w-1"] * 3, 30)  # s0 (static) + 5
+        for api, me in zip(apis, ("w-0", "w-1"), strict=True):  # each API runs its own three
+            running = {
+                s["id"] for s in httpx.get(f"{api}/streams", timeout=5).json() if s["state"] == "running"
+            }
+            assert len(running) == 3, (me, running)
+    finally:
+        parent.send_signal(signal.SIGTERM)
+        try:
+            code = parent.wait(30)
+        except subprocess.TimeoutExpired:
+            parent.kill()
+            raise
+    assert code == 0, log_path.read_text()[-3000:]
+    assert not any(_up(a) for a in apis)  # both processes are gone
+
+
+def test_worker_processes_need_a_shared_registry(tmp_path: Path) -> None:
+    graph = tmp_path / "graph.yaml"
+    graph.write_text(GRAPH)
+    cmd = [sys.executable, "-m", "engine.cli", "worker", str(graph), "--plugin", "engine.testing"]
+    done = subprocess.run(
+        [*cmd, "--processes", "2"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if k != "FG_REDIS_URL"},
+    )
+    assert done.returncode != 0
+    assert "--processes needs --redis" in done.stderr
+
+
+def test_when_one_worker_process_dies_the_command_stops_the_rest_and_exits_1(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    graph = tmp_path / "graph.yaml"
+    graph.write_text(GRAPH)
+    port = two_free_ports()
+    cmd = [sys.executable, "-m", "engine.cli", "worker", str(graph), "--redis", redis_server.url]
+    cmd += ["--namespace", "d", "--worker-id", "w", "--api-port", str(port), "--plugin", "engine.testing"]
+    cmd += ["--output", str(tmp_path / "out"), "--processes", "2"]
+    log_path = tmp_path / "workers.log"
+    with log_path.open("w") as log_file:
+        parent = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log_file)
+    apis = [f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port + 1}"]
+    try:
+        wait_until(lambda: all(_up(a) for a in apis), 60)
+        children = Path(f"/proc/{parent.pid}/task/{parent.pid}/children").read_text().split()
+        workers = [c for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+        assert len(workers) == 2, children
+        os.kill(int(workers[0]), signal.SIGKILL)
+        code = parent.wait(30)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+    assert code == 1
+    assert "exited with code -9; stopping the others" in log_path.read_text()
+    assert not any(_up(a) for a in apis)  # the survivor was stopped too
