@@ -283,23 +283,44 @@ def two_free_ports() -> int:
     raise AssertionError("no two consecutive free ports")
 
 
+def start_worker_processes(
+    tmp_path: Path, redis_url: str, namespace: str
+) -> tuple[subprocess.Popen[bytes], list[str]]:
+    """`framegraph worker --processes 2` (ids w-0, w-1); the parent and the two APIs once up.
+    Its stderr goes to tmp_path/workers.log."""
+    graph = tmp_path / "graph.yaml"
+    graph.write_text(GRAPH)
+    port = two_free_ports()
+    cmd = [sys.executable, "-m", "engine.cli", "worker", str(graph), "--redis", redis_url]
+    cmd += [
+        "--namespace",
+        namespace,
+        "--worker-id",
+        "w",
+        "--lease-ttl-s",
+        str(TTL_S),
+        "--api-port",
+        str(port),
+    ]
+    cmd += ["--output", str(tmp_path / "out"), "--plugin", "engine.testing", "--processes", "2"]
+    with (tmp_path / "workers.log").open("w") as log_file:
+        parent = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log_file)
+    apis = [f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port + 1}"]
+    try:
+        wait_until(lambda: all(_up(a) for a in apis), 60)
+    except AssertionError:
+        parent.kill()
+        raise
+    return parent, apis
+
+
 def test_one_worker_command_runs_k_processes_that_share_the_streams(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
     """`framegraph worker --processes 2`: two workers (ids w-0, w-1, APIs on P and P+1) lease the
     streams added through either API; SIGTERM to the parent stops both and exits 0."""
-    graph = tmp_path / "graph.yaml"
-    graph.write_text(GRAPH)
-    port = two_free_ports()
-    cmd = [sys.executable, "-m", "engine.cli", "worker", str(graph), "--redis", redis_server.url]
-    cmd += ["--namespace", "k", "--worker-id", "w", "--lease-ttl-s", str(TTL_S), "--api-port", str(port)]
-    cmd += ["--output", str(tmp_path / "out"), "--plugin", "engine.testing", "--processes", "2"]
-    log_path = tmp_path / "workers.log"
-    with log_path.open("w") as log_file:
-        parent = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log_file)
-    apis = [f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port + 1}"]
+    parent, apis = start_worker_processes(tmp_path, redis_server.url, "k")
     try:
-        wait_until(lambda: all(_up(a) for a in apis), 60)
         for i in range(1, 6):
             body = {
                 "id": f"s{i}",
@@ -325,7 +346,7 @@ def test_one_worker_command_runs_k_processes_that_share_the_streams(
         except subprocess.TimeoutExpired:
             parent.kill()
             raise
-    assert code == 0, log_path.read_text()[-3000:]
+    assert code == 0, (tmp_path / "workers.log").read_text()[-3000:]
     assert not any(_up(a) for a in apis)  # both processes are gone
 
 
@@ -348,18 +369,8 @@ def test_worker_processes_need_a_shared_registry(tmp_path: Path) -> None:
 def test_when_one_worker_process_dies_the_command_stops_the_rest_and_exits_1(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
-    graph = tmp_path / "graph.yaml"
-    graph.write_text(GRAPH)
-    port = two_free_ports()
-    cmd = [sys.executable, "-m", "engine.cli", "worker", str(graph), "--redis", redis_server.url]
-    cmd += ["--namespace", "d", "--worker-id", "w", "--api-port", str(port), "--plugin", "engine.testing"]
-    cmd += ["--output", str(tmp_path / "out"), "--processes", "2"]
-    log_path = tmp_path / "workers.log"
-    with log_path.open("w") as log_file:
-        parent = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log_file)
-    apis = [f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port + 1}"]
+    parent, apis = start_worker_processes(tmp_path, redis_server.url, "d")
     try:
-        wait_until(lambda: all(_up(a) for a in apis), 60)
         children = Path(f"/proc/{parent.pid}/task/{parent.pid}/children").read_text().split()
         workers = [c for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
         assert len(workers) == 2, children
@@ -369,5 +380,5 @@ def test_when_one_worker_process_dies_the_command_stops_the_rest_and_exits_1(
         if parent.poll() is None:
             parent.kill()
     assert code == 1
-    assert "exited with code -9; stopping the others" in log_path.read_text()
+    assert "exited with code -9; stopping the others" in (tmp_path / "workers.log").read_text()
     assert not any(_up(a) for a in apis)  # the survivor was stopped too
