@@ -231,8 +231,8 @@ class KafkaSink(Operator[KafkaSinkConfig]):
             return found
         except Exception as e:
             why = self.describe(e)
-            if type(e).__name__ == "KafkaTimeoutError":
-                why = f"no broker answers within {cfg.connect_timeout_s:g} s ({str(e).split(': ', 1)[-1]})"
+            if type(e).__name__ == "KafkaTimeoutError":  # the bootstrap found no broker in time
+                why = f"no broker answers within {cfg.connect_timeout_s:g} s ({why})"
             raise OperatorError(f"kafka {cfg.bootstrap}: {why}") from e
 
     async def teardown(self) -> None:
@@ -263,8 +263,10 @@ class KafkaSink(Operator[KafkaSinkConfig]):
         return (item,)
 
     def describe(self, error: BaseException) -> str:
-        """An error as text with every configured secret masked."""
-        return self._secret_filter.scrub(f"{type(error).__name__}: {error}")
+        """An error as text with every configured secret masked (kafka-python's errors already
+        start with their class name: it is not repeated)."""
+        name, text = type(error).__name__, str(error)
+        return self._secret_filter.scrub(text if text.startswith(name) else f"{name}: {text}")
 
     async def _health(self, stream_id: str, status: HealthStatus, reason: str = "") -> None:
         if self.config.health_events:
