@@ -23,7 +23,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the harness lives with the tests
-from tests.integration.test_workers import RedisServer, Workers, wait_until  # noqa: E402
+from tests.integration.test_workers import RedisServer, Workers, synthetic_stream, wait_until  # noqa: E402
 
 
 def first_frames_elsewhere(workers: Workers, victim: str, streams: set[str], since_ns: int) -> float | None:
@@ -76,12 +76,7 @@ def main() -> int:
         api = f"http://127.0.0.1:{workers.ports['w2']}"
         wait_until(lambda: _ready(api), 60)
         for i in range(1, 9):
-            body = {
-                "id": f"s{i}",
-                "url": "synthetic",
-                "op": "test.synthetic",
-                "config": {"frames": 10**8, "fps": 15},
-            }
+            body = synthetic_stream(f"s{i}", frames=10**8)
             httpx.post(f"{api}/streams", json=body, timeout=5).raise_for_status()
         failovers = []
         for _ in range(args.kills):

@@ -29,6 +29,11 @@ nodes:
 """
 
 
+def synthetic_stream(sid: str, frames: int = 10**7) -> dict[str, object]:
+    """The body of POST /streams for a synthetic 15 fps camera (engine.testing's test.synthetic)."""
+    return {"id": sid, "url": "synthetic", "op": "test.synthetic", "config": {"frames": frames, "fps": 15}}
+
+
 class RedisServer:
     """A private redis-server (nothing on disk) that a test may restart."""
 
@@ -178,12 +183,7 @@ def test_three_workers_share_nine_streams_and_survive_a_kill(
             lambda: httpx.get(f"{api}/readyz", timeout=1).status_code == 200 if _up(api) else False, 30
         )
         for i in range(1, 9):
-            body = {
-                "id": f"s{i}",
-                "url": "synthetic",
-                "op": "test.synthetic",
-                "config": {"frames": 10000000, "fps": 15},
-            }
+            body = synthetic_stream(f"s{i}")
             assert httpx.post(f"{api}/streams", json=body, timeout=5).status_code == 201
         t0 = time.time_ns()
         wait_until(
@@ -232,14 +232,7 @@ def test_redis_restart_workers_keep_their_streams_and_re_register(
             client.hset(
                 "fg:t:streams",
                 f"s{i}",
-                json.dumps(
-                    {
-                        "id": f"s{i}",
-                        "url": "synthetic",
-                        "op": "test.synthetic",
-                        "config": {"frames": 10000000, "fps": 15},
-                    }
-                ),
+                json.dumps(synthetic_stream(f"s{i}")),
             )
         workers.start("w1")
         workers.start("w2")
@@ -322,12 +315,7 @@ def test_one_worker_command_runs_k_processes_that_share_the_streams(
     parent, apis = start_worker_processes(tmp_path, redis_server.url, "k")
     try:
         for i in range(1, 6):
-            body = {
-                "id": f"s{i}",
-                "url": "synthetic",
-                "op": "test.synthetic",
-                "config": {"frames": 10**7, "fps": 15},
-            }
+            body = synthetic_stream(f"s{i}")
             assert httpx.post(f"{apis[i % 2]}/streams", json=body, timeout=5).status_code == 201
 
         def owners() -> list[str | None]:
