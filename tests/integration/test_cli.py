@@ -152,6 +152,8 @@ def test_metrics_are_exposed_for_prometheus(clip_720p: Path, tmp_path: Path) -> 
             "graphs/frames_jsonl.yaml",
             "--set",
             f"sources.0.url={clip_720p}",
+            "--set",
+            "sources.0.config.loop=true",  # runs until terminated: a 2 s clip may end before a scrape
             "--output",
             str(tmp_path),
             "--progress-interval-s",
