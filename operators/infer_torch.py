@@ -10,7 +10,6 @@ torch, onnx and onnx2torch are imported at setup, never when this module is impo
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -83,16 +82,17 @@ class TorchModel:
     """An ONNX graph converted by onnx2torch, on its device, with the graph's input/output names."""
 
     def __init__(self, path: Path, device: str, gpu_id: int, fp16: bool) -> None:
-        from engine.device import cuda_reason, import_error
+        from engine.device import cuda_reason, import_error, installed
+        from operators.onnx_convert import convert_onnx, load_onnx
 
         for module in ("torch", "onnx", "onnx2torch"):
-            why = import_error(module)
+            # onnx2torch itself is imported by convert_onnx (with a torchvision stand-in if need be)
+            why = import_error(module) if module != "onnx2torch" else None
+            if module == "onnx2torch" and not installed(module):
+                why = "onnx2torch is not installed"
             if why is not None:
                 raise OperatorError(f"infer.torch needs {module}: {why} (pip install torch onnx onnx2torch)")
         import torch
-
-        onnx: Any = importlib.import_module("onnx")
-        convert: Any = importlib.import_module("onnx2torch").convert
 
         if device == "auto":
             device = "cuda" if cuda_reason() is None else "cpu"
@@ -101,7 +101,7 @@ class TorchModel:
         if fp16 and device != "cuda":
             log.warning("infer.torch: fp16 ignored on the CPU; running fp32")
             fp16 = False
-        graph = onnx.load(str(path))
+        graph = load_onnx(path)
         initializers = {i.name for i in graph.graph.initializer}
         inputs = [i for i in graph.graph.input if i.name not in initializers]
         if len(inputs) != 1:
@@ -112,7 +112,7 @@ class TorchModel:
         self.torch: Any = torch
         self.device: Any = torch.device("cuda", gpu_id) if device == "cuda" else torch.device("cpu")
         self.dtype: Any = torch.float16 if fp16 else torch.float32
-        model = convert(graph).eval().to(self.device)
+        model = convert_onnx(graph).to(self.device)
         self.model: Any = model.half() if fp16 else model
 
         self.graphs: CudaGraphs | None = None
