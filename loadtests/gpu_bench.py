@@ -55,6 +55,9 @@ from loadtests.stack_sampler import StackSampler  # noqa: E402
 
 log = logging.getLogger("gpu_bench")
 GRAPHS_ENV = "FG_BENCH_CUDA_GRAPHS"  # infer.torch's cuda_graphs in the bench graph: true | false
+INFER_ENV = "FG_BENCH_INFER"  # the detect node: torch (infer.torch in process) | triton
+TRITON_URL_ENV = "FG_TRITON_GRPC_URL"  # infer.triton's server in --infer triton
+TRITON_MODEL = "centerface_torch"  # the TorchScript CenterFace on the GPU (configs/gpu.pbtxt)
 GRAPH_OVERHEAD_S = 20.0  # setup, first frame and drain, on top of --seconds, per graph run
 
 
@@ -95,6 +98,33 @@ def detect_delay_ms(streams: int, target_batch: int = 8) -> int:
     return min(33, max(5, round(target_batch * 1000 / (streams * FPS))))
 
 
+def detect_node(streams: int) -> str:
+    """The detection node: infer.torch in this process, or infer.triton (CenterFace as TorchScript
+    on the server's GPU, the batches handed over in CUDA shared memory, 4 batches in flight)."""
+    delay_ms = detect_delay_ms(streams)
+    if os.environ.get(INFER_ENV, "torch") == "triton":
+        url = os.environ.get(TRITON_URL_ENV, "")
+        return f"""\
+  - id: detect
+    op: infer.triton
+    inputs: [pre]
+    batch: {{max_batch: 32, max_delay_ms: {delay_ms}}}
+    workers: 4
+    queue: {{size: 256, policy: latency, budget_ms: 500}}
+    config: {{url: "{url}", model: {TRITON_MODEL}, shared_memory: cuda, timeout_s: 10}}
+"""
+    graphs = os.environ.get(GRAPHS_ENV, "true")
+    return f"""\
+  - id: detect
+    op: infer.torch
+    inputs: [pre]
+    batch: {{max_batch: 32, max_delay_ms: {delay_ms}}}
+    workers: 2
+    queue: {{size: 256, policy: latency, budget_ms: 500}}
+    config: {{device: cuda, fp16: true, max_batch: 32, cuda_graphs: {graphs}}}
+"""
+
+
 def graph_yaml(clip: Path, ids: list[int], latency: str, cpu: bool = False) -> str:
     sources = "\n".join(
         f'  - {{id: cam{i:03d}, url: "{clip}", config: {{loop: true, realtime: true}}}}' for i in ids
@@ -126,14 +156,7 @@ nodes:
     batch: {{max_batch: 32, max_delay_ms: 5}}
     queue: {{size: 256, policy: latency, budget_ms: 500}}
     config: {{width: 640, height: 384}}
-  - id: detect
-    op: infer.torch
-    inputs: [pre]
-    batch: {{max_batch: 32, max_delay_ms: {detect_delay_ms(len(ids))}}}
-    workers: 2
-    queue: {{size: 256, policy: latency, budget_ms: 500}}
-    config: {{device: cuda, fp16: true, max_batch: 32, cuda_graphs: {os.environ.get(GRAPHS_ENV, "true")}}}
-  - id: post
+{detect_node(len(ids))}  - id: post
     op: postprocess.centerface
     inputs: [detect]
     queue: {{size: 256, policy: drop_oldest}}
@@ -306,6 +329,13 @@ def main() -> int:
         help="infer.torch's cuda_graphs (the forward pass replayed from captured CUDA graphs)",
     )
     p.add_argument(
+        "--infer",
+        choices=["torch", "triton"],
+        default=os.environ.get(INFER_ENV, "torch"),
+        help=f"the detect node: infer.torch in the graph's process, or infer.triton with {TRITON_MODEL} "
+        f"through CUDA shared memory (server at ${TRITON_URL_ENV}, else one started by scripts/triton)",
+    )
+    p.add_argument(
         "--processes",
         default="auto",
         help="graph processes per run: a number, or auto (~8 streams each, at most half the cores); "
@@ -358,9 +388,64 @@ def main() -> int:
         report["latency_probe"] = low or "low latency decoding works"
     report["latency_mode"] = latency
     os.environ[GRAPHS_ENV] = args.cuda_graphs  # spawned graph processes read it too
+    os.environ[INFER_ENV] = args.infer
     report["cuda_graphs"] = args.cuda_graphs == "true"
+    report["infer"] = args.infer if args.cpu_smoke is False else "none (cpu smoke)"
     save()
+    triton = None
+    if args.infer == "triton" and not args.cpu_smoke and not os.environ.get(TRITON_URL_ENV):
+        triton = BenchTriton()
+        os.environ[TRITON_URL_ENV] = triton.start()
+        report["triton"] = {"started_s": triton.started_s, "url": os.environ[TRITON_URL_ENV]}
+        save()
+    try:
+        return measure(args, report, save, clip, latency, counts, deadline, report_path)
+    finally:
+        if triton is not None:
+            triton.stop()
 
+
+class BenchTriton:
+    """A Triton for --infer triton, run by scripts/triton (GPU configs on a GPU machine)."""
+
+    def __init__(self) -> None:
+        from engine.childproc import free_port
+
+        self.env = {
+            **os.environ,
+            "FG_TRITON_NAME": "gpu-bench",
+            "FG_TRITON_GRPC_PORT": str(free_port()),
+            "FG_TRITON_HTTP_PORT": str(free_port()),
+        }
+        self.started_s = 0.0
+
+    def _call(self, action: str) -> None:
+        import subprocess
+
+        script = str(ROOT / "scripts/triton")
+        subprocess.run([script, action], env=self.env, cwd=ROOT, check=True, timeout=300)
+
+    def start(self) -> str:
+        t0 = time.monotonic()
+        self._call("start")
+        self.started_s = round(time.monotonic() - t0, 1)
+        return f"127.0.0.1:{self.env['FG_TRITON_GRPC_PORT']}"
+
+    def stop(self) -> None:
+        self._call("stop")
+
+
+def measure(
+    args: argparse.Namespace,
+    report: dict[str, Any],
+    save: Any,
+    clip: Path,
+    latency: str,
+    counts: list[int],
+    deadline: float,
+    report_path: Path,
+) -> int:
+    """The model alone (if asked), the decode ceiling, then the graph runs; into `report`."""
     if args.model_seconds > 0:
         report["model_ceiling"] = model_ceiling(args.model_seconds)
         print(f"model alone: {report['model_ceiling']}", flush=True)

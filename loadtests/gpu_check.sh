@@ -11,6 +11,8 @@
 # Wheels go to /tmp/fg-site (PYTHONPATH), skipping what the image already has at the same or a
 # newer version; grpcio/protobuf only if tritonclient.grpc does not import with the image's.
 # Always exits 0 once OUT_DIR exists: OUT_DIR/summary.txt says what passed. Finishes in < 8 min.
+# Environment: FG_INFER ("torch triton": a benchmark per detection path, in that order),
+# FG_STREAMS (8,32,64,96), FG_SECONDS (15), FG_BENCH_ARGS (more gpu_bench flags).
 set -uo pipefail
 
 if [[ $# -ne 2 ]]; then
@@ -128,6 +130,23 @@ else
   summary "WARN: no scikit-image and no astronaut.png: tests that make clips will error"
 fi
 
+step "Triton: scripts/triton with this Python, GPU configs, TorchScript CenterFace (timeout 150 s)"
+# No network here: the image's Python serves as it is (pytriton from the carried wheel on
+# PYTHONPATH), model files are not downloaded (textdet is left out), centerface_torch's
+# TorchScript file is made here from the carried ONNX file (onnx2torch), and the models that
+# have configs/gpu.pbtxt run on the GPU.
+export FG_TRITON_PYTHON_AS_IS=1 FG_TRITON_OFFLINE=1 FG_TRITON_CONFIG=gpu FG_TRITON_NAME=gpu-check
+FG_TRITON_PYTHON="$(command -v "$PY")"
+export FG_TRITON_PYTHON FG_EXPORT_PYTHON="$FG_TRITON_PYTHON"
+export FG_TRITON_HTTP_PORT=18000 FG_TRITON_GRPC_PORT=18001
+T0=$(date +%s)
+if timeout -k 5 150 scripts/triton start >"$OUT/triton_start.log" 2>&1; then
+  export FG_TRITON_GRPC_URL="127.0.0.1:$FG_TRITON_GRPC_PORT"
+  summary "triton: ready in $(($(date +%s) - T0)) s; $(grep -E 'loading|not loading' "$OUT/triton_start.log" | tr '\n' ' ')"
+else
+  summary "WARN: triton did not start ($(($(date +%s) - T0)) s): $(tail -n 3 "$OUT/triton_start.log" | tr '\n' ' ' | cut -c1-600)"
+fi
+
 step "pytest tests/gpu tests/unit (timeout 150 s)"
 T0=$(date +%s)
 timeout -k 5 150 "$PY" -m pytest tests/gpu tests/unit -q -p no:cacheprovider -rs \
@@ -136,19 +155,34 @@ timeout -k 5 150 "$PY" -m pytest tests/gpu tests/unit -q -p no:cacheprovider -rs
 RC=${PIPESTATUS[0]}
 summary "pytest: exit $RC in $(($(date +%s) - T0)) s: $(grep -E '(passed|failed|error)' "$OUT/pytest.log" | tail -1)"
 
-LEFT=$((DEADLINE - $(date +%s)))
-BENCH_T=$((LEFT < 330 ? LEFT : 330))
-step "gpu_bench (timeout $BENCH_T s)"
-if [[ $BENCH_T -ge 60 ]]; then
-  T0=$(date +%s)
-  timeout -k 10 "$BENCH_T" "$PY" loadtests/gpu_bench.py --out "$OUT" --streams "${FG_STREAMS:-8,32,64,96}" \
-    --seconds "${FG_SECONDS:-15}" --budget-s $((BENCH_T - 15)) ${FG_BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log"
-  RC=${PIPESTATUS[0]}
-  summary "gpu_bench: exit $RC in $(($(date +%s) - T0)) s; figures in gpu_bench.json"
-else
-  summary "gpu_bench: skipped, only $LEFT s left"
-fi
+# one benchmark per detection path: infer.torch in process, then infer.triton (centerface_torch
+# on the server above, batches in CUDA shared memory); each gets its share of the time left
+read -r -a MODES <<<"${FG_INFER:-torch triton}"
+for i in "${!MODES[@]}"; do
+  MODE="${MODES[$i]}"
+  LEFT=$((DEADLINE - $(date +%s)))
+  SHARE=$((LEFT / (${#MODES[@]} - i)))
+  BENCH_T=$((SHARE < 330 ? SHARE : 330))
+  step "gpu_bench --infer $MODE (timeout $BENCH_T s)"
+  if [[ "$MODE" == triton && -z "${FG_TRITON_GRPC_URL:-}" ]]; then
+    summary "gpu_bench --infer triton: skipped, no Triton"
+  elif [[ $BENCH_T -ge 60 ]]; then
+    T0=$(date +%s)
+    mkdir -p "$OUT/bench-$MODE"
+    timeout -k 10 "$BENCH_T" "$PY" loadtests/gpu_bench.py --out "$OUT/bench-$MODE" --infer "$MODE" \
+      --streams "${FG_STREAMS:-8,32,64,96}" --seconds "${FG_SECONDS:-15}" --budget-s $((BENCH_T - 15)) \
+      ${FG_BENCH_ARGS:-} 2>&1 | tee "$OUT/bench-$MODE.log"
+    RC=${PIPESTATUS[0]}
+    summary "gpu_bench --infer $MODE: exit $RC in $(($(date +%s) - T0)) s; figures in bench-$MODE/gpu_bench.json"
+  else
+    summary "gpu_bench --infer $MODE: skipped, only $LEFT s left"
+  fi
+done
 
+if [[ -n "${FG_TRITON_GRPC_URL:-}" ]]; then
+  timeout -k 5 40 scripts/triton stop >>"$OUT/triton_start.log" 2>&1
+fi
+cp -f "$REPO/.services/gpu-check.log" "$OUT/triton_server.log" 2>/dev/null
 nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1
 summary "total: $(($(date +%s) - START)) s"
 exit 0

@@ -343,6 +343,12 @@ def main(argv: list[str] | None = None) -> int:
         help="only this model (repeatable; default: all)",
     )
     ap.add_argument(
+        "--skip-missing",
+        action="store_true",
+        help="with --check: a model whose file is missing is reported, not an error (a machine "
+        "with no network serves the models it was given)",
+    )
+    ap.add_argument(
         "--only-present",
         action="store_true",
         help="skip the models whose directory is not in --repo (for a "
@@ -354,6 +360,10 @@ def main(argv: list[str] | None = None) -> int:
         wanted = [m for m in wanted if os.path.isdir(os.path.join(args.repo, m.model))]
     try:
         for src in wanted:
+            dest = os.path.join(args.repo, src.model, "1", src.filename)
+            if args.check and args.skip_missing and not os.path.isfile(dest):
+                print(f"[setup_models] missing {dest} (not downloaded: --check --skip-missing)", flush=True)
+                continue
             print(f"[setup_models] {ensure(src, args.repo, args.cache, args.check)}", flush=True)
     except SetupError as exc:
         print(f"[setup_models] ERROR: {exc}", file=sys.stderr)

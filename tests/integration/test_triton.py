@@ -37,7 +37,7 @@ async def test_missing_model_is_a_clear_error_before_frames_flow(triton_url: str
         await run_graph(detect_graph(triton_url, clip_720p, model="facez"))
     message = str(info.value)
     assert "model 'facez' (version latest) is not available" in message
-    assert "models there: centerface, textdet" in message
+    assert "models there: centerface, centerface_torch, textdet" in message
 
 
 @pytest.mark.parametrize(

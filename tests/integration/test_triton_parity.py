@@ -1,7 +1,10 @@
-"""Parity: boxes through Triton equal boxes from the same ONNX run directly with onnxruntime."""
+"""Parity: boxes through Triton equal boxes from the same ONNX run directly with onnxruntime,
+for the onnxruntime model (centerface) and the TorchScript one made from it (centerface_torch,
+the model a GPU machine serves)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -43,11 +46,14 @@ async def postprocess(frames: list[Frame]) -> list[Any]:
     return [f.detections for f in frames]
 
 
+@pytest.mark.parametrize("model", ["centerface", "centerface_torch"])
 @pytest.mark.parametrize("shared_memory", ["system", "off"])
-async def test_triton_boxes_equal_onnxruntime_boxes(triton_url: str, shared_memory: str) -> None:
+async def test_triton_boxes_equal_onnxruntime_boxes(triton_url: str, shared_memory: str, model: str) -> None:
+    if model == "centerface_torch" and os.environ.get("FG_TORCH") == "0":
+        pytest.skip("FG_TORCH=0: the Triton server has no torch, centerface_torch is not served")
     via_triton = frames_for_parity()
     infer = TritonInfer(
-        TritonConfig(url=triton_url, model="centerface", shared_memory=shared_memory),  # type: ignore[arg-type]
+        TritonConfig(url=triton_url, model=model, shared_memory=shared_memory),  # type: ignore[arg-type]
         OperatorContext("detect", NodeMetrics("detect")),
     )
     await infer.setup()

@@ -572,3 +572,25 @@ nodes:
 """
     with pytest.raises(FramegraphError, match=r"model file 'no/such.onnx' not found .*setup_models.py"):
         await run_graph(graph, max_frames=1)
+
+
+@pytest.mark.parametrize("infer", ["torch", "triton"])
+def test_the_gpu_bench_graphs_validate(monkeypatch: pytest.MonkeyPatch, infer: str) -> None:
+    """Both detection variants of loadtests/gpu_bench.py's graph pass validation on a CPU machine,
+    so a typo costs no GPU minutes; triton mode serves the TorchScript model through CUDA shm."""
+    from engine.plan import build_plan
+    from engine.yamlsource import load_text
+    from loadtests import gpu_bench
+
+    monkeypatch.setenv(gpu_bench.INFER_ENV, infer)
+    monkeypatch.setenv(gpu_bench.TRITON_URL_ENV, "127.0.0.1:18001")
+    plan = build_plan(load_text(gpu_bench.graph_yaml(Path("/tmp/clip.mp4"), [0, 1, 2], "native"), "bench"))
+    detect = next(n for n in plan.nodes if n.spec.id == "detect")
+    assert detect.op == f"infer.{infer}"
+    config = detect.spec.config
+    if infer == "triton":
+        assert config["model"] == gpu_bench.TRITON_MODEL
+        assert config["shared_memory"] == "cuda"
+        assert config["url"] == "127.0.0.1:18001"
+    else:
+        assert config["fp16"] is True
