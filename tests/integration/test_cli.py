@@ -123,7 +123,7 @@ def test_validate_connect_names_a_missing_model(triton_url: str, clip_720p: Path
     )
     assert result.returncode == 2
     assert "model 'centerfaze' (version latest) is not available" in result.stderr
-    assert "models there: centerface, textdet" in result.stderr
+    assert "models there: centerface, centerface_torch, textdet" in result.stderr
     assert "1 of 6 checks failed" in result.stderr  # the source and the other nodes are fine
     ok = framegraph("validate", "graphs/face_detect.yaml", "--connect", *where)
     assert ok.returncode == 0, ok.stderr

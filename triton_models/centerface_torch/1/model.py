@@ -4,7 +4,8 @@ Made for the GPU path on a machine whose tritonserver has no onnxruntime/TensorR
 one in the nvidia-pytriton wheel): CenterFace converted from ONNX to torch
 (scripts/export_torch_models.py writes `model.pt` next to this file) runs on the instance's
 device. With `FORCE_CPU_ONLY_INPUT_TENSORS: no` (configs/gpu.pbtxt) the inputs that clients put
-in CUDA shared memory reach the model on the GPU without a host copy (DLPack both ways).
+in CUDA shared memory reach the model on the GPU without a host copy (DLPack); the outputs are
+copied to the host once, here, since the reply goes to the client's host memory anyway.
 
 Everything model-specific comes from the model configuration:
 - the input and output tensors (one input; outputs in the order the module returns them);
@@ -22,9 +23,10 @@ fails (out of memory, ...).
 import json
 import os
 
+import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
-from torch.utils.dlpack import from_dlpack, to_dlpack
+from torch.utils.dlpack import from_dlpack
 
 
 def _param(config, key, default):
@@ -91,10 +93,9 @@ class TritonPythonModel:
                         raise RuntimeError(
                             f"the module returned {len(outs)} outputs, the config names {len(self.output_names)}"
                         )
-                    outs = [o.float().contiguous() for o in outs]
-                    if self.device.type == "cuda":
-                        # the outputs leave through DLPack: they must be computed before Triton reads them
-                        torch.cuda.current_stream(self.device).synchronize()
+                    # to the host here (one copy per output, which waits for the forward pass): the
+                    # reply leaves through gRPC or the client's system shared memory either way
+                    outs = [o.float().cpu().numpy() for o in outs]
             except Exception as exc:  # one bad group must not fail the others
                 for i, _ in members:
                     responses[i] = pb_utils.InferenceResponse(
@@ -106,7 +107,7 @@ class TritonPythonModel:
                 stop = start + x.shape[0]
                 responses[i] = pb_utils.InferenceResponse(
                     output_tensors=[
-                        pb_utils.Tensor.from_dlpack(n, to_dlpack(o[start:stop].contiguous()))
+                        pb_utils.Tensor(n, np.ascontiguousarray(o[start:stop]))
                         for n, o in zip(self.output_names, outs)
                     ]
                 )
