@@ -320,6 +320,12 @@ def main() -> int:
     p.add_argument("--export-photo", type=Path, default=None)
     p.add_argument("--switch-interval-ms", type=float, default=None, help="sys.setswitchinterval (GIL)")
     p.add_argument("--skip-ceiling", action="store_true")
+    p.add_argument(
+        "--ceiling-from",
+        type=Path,
+        default=None,
+        help="a gpu_bench.json from this machine: reuse its decode ceilings instead of measuring",
+    )
     p.add_argument("--model-seconds", type=float, default=0.0, help="> 0: measure the model alone first")
     p.add_argument("--cpu-smoke", action="store_true", help="check the plumbing without a GPU (no figures)")
     p.add_argument(
@@ -435,6 +441,14 @@ class BenchTriton:
         self._call("stop")
 
 
+def earlier_ceiling(path: Path | None) -> dict[str, dict[str, Any]]:
+    """The decode ceilings an earlier gpu_bench.json measured, by stream count ({} if none)."""
+    if path is None or not path.is_file():
+        return {}
+    found = json.loads(path.read_text()).get("ceiling", {})
+    return {k: v for k, v in found.items() if isinstance(v, dict) and v.get("fps")}
+
+
 def measure(
     args: argparse.Namespace,
     report: dict[str, Any],
@@ -451,9 +465,13 @@ def measure(
         print(f"model alone: {report['model_ceiling']}", flush=True)
         save()
     ceiling: dict[int, dict[str, Any]] = {}
+    earlier = earlier_ceiling(args.ceiling_from)
     for n in counts:
+        if str(n) in earlier:  # measured by an earlier run on this machine (same clip)
+            ceiling[n] = {**earlier[str(n)], "from": str(args.ceiling_from)}
+            continue
         if args.skip_ceiling or time.monotonic() + args.ceiling_seconds + 10 > deadline:
-            ceiling[n] = {"skipped": "time budget"}
+            ceiling[n] = {"skipped": "time budget" if not args.skip_ceiling else "--skip-ceiling"}
             continue
         ceiling[n] = decode_ceiling(clip, n, args.ceiling_seconds)
         print(

@@ -594,3 +594,17 @@ def test_the_gpu_bench_graphs_validate(monkeypatch: pytest.MonkeyPatch, infer: s
         assert config["url"] == "127.0.0.1:18001"
     else:
         assert config["fp16"] is True
+
+
+def test_a_later_bench_reuses_the_measured_decode_ceilings_only(tmp_path: Path) -> None:
+    """gpu_check measures the NVDEC ceiling once; the next benchmark takes the measured counts
+    from its JSON and measures (or skips) the rest, never reusing a skipped entry."""
+    import json
+
+    from loadtests.gpu_bench import earlier_ceiling
+
+    path = tmp_path / "gpu_bench.json"
+    path.write_text(json.dumps({"ceiling": {"64": {"fps": 2634.2}, "96": {"skipped": "time budget"}}}))
+    assert earlier_ceiling(path) == {"64": {"fps": 2634.2}}
+    assert earlier_ceiling(tmp_path / "absent.json") == {}
+    assert earlier_ceiling(None) == {}
