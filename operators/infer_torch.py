@@ -46,6 +46,14 @@ class TorchInferConfig(StrictModel):
     )
     max_batch: int = Field(32, ge=1, le=1024, description="Largest batch one forward pass takes.")
     warmup: bool = Field(True, description="On cuda, run batches of 1 and max_batch at setup.")
+    runtime: Literal["torchscript", "eager"] = Field(
+        "torchscript",
+        description="torchscript: the converted model is traced (torch.jit.trace) at setup and runs "
+        "in TorchScript's interpreter, which holds the GIL once per forward pass, not once per layer "
+        "(the eager onnx2torch module makes a Python call per ONNX node, and with decoder threads "
+        "about, each call waits for the GIL); a trace that does not reproduce the eager outputs is "
+        "dropped (logged, counted torchscript_refused). eager: the onnx2torch module as it is.",
+    )
     cuda_graphs: bool = Field(
         False,
         description="On cuda, capture the forward pass as CUDA graphs (one per power-of-two batch "
@@ -116,10 +124,38 @@ class TorchModel:
         self.model: Any = model.half() if fp16 else model
 
         self.graphs: CudaGraphs | None = None
+        self.traced = False
 
     def describe(self) -> str:
         graphs = f", CUDA graphs for batches {self.graphs.buckets}" if self.graphs else ""
-        return f"{self.device} {'fp16' if self.dtype == self.torch.float16 else 'fp32'}{graphs}"
+        runtime = "torchscript" if self.traced else "eager"
+        return f"{self.device} {'fp16' if self.dtype == self.torch.float16 else 'fp32'} {runtime}{graphs}"
+
+    def trace(self, input_shape: list[int]) -> float:
+        """Replace the module by its TorchScript trace for inputs of `input_shape` (no batch axis).
+
+        The trace is checked at a batch of 2 against the eager module; raises (and keeps the eager
+        one) if the outputs differ by more than 1e-3 of their range. Returns that difference."""
+        torch = self.torch
+        gen = torch.Generator(device=self.device).manual_seed(0)
+        example = torch.rand([1, *input_shape], generator=gen, device=self.device).to(self.dtype) * 255
+        probe = torch.rand([2, *input_shape], generator=gen, device=self.device).to(self.dtype) * 255
+        with torch.inference_mode():
+            traced = jit_trace(torch, self.model, example)
+            want, got = _as_list(self.model(probe)), _as_list(traced(probe))
+        if len(got) != len(want):
+            raise OperatorError(f"the trace returns {len(got)} outputs, the module {len(want)}")
+        worst = 0.0
+        for g, w in zip(got, want, strict=True):
+            if g.shape != w.shape:
+                raise OperatorError(f"traced output shape {list(g.shape)} != eager {list(w.shape)}")
+            scale = max(1.0, float(w.abs().max()))
+            worst = max(worst, float((g.float() - w.float()).abs().max()) / scale)
+        if worst > 1e-3:
+            raise OperatorError(f"the trace differs from the eager module by {worst:.3g} (relative)")
+        self.model = traced
+        self.traced = True
+        return worst
 
     def capture_graphs(self, input_shape: list[int], max_batch: int) -> None:
         """Capture the forward pass for inputs of `input_shape` (no batch axis); raises if it cannot."""
@@ -138,8 +174,7 @@ class TorchModel:
             if self.graphs is not None and self.graphs.fits(parts):
                 return self.graphs.run(parts, lambda outs: self._read(outs, names))  # type: ignore[no-any-return]
             batch = torch.stack([p.to(self.device, non_blocking=True) for p in parts]).to(self.dtype)
-            out = self.model(batch)
-            return self._read(list(out) if isinstance(out, list | tuple) else [out], names)
+            return self._read(_as_list(self.model(batch)), names)
 
     def _read(self, outs: list[Any], names: list[str]) -> dict[str, np.ndarray]:
         """The named outputs, on the host as float32."""
@@ -150,6 +185,26 @@ class TorchModel:
             )
         by_name = dict(zip(self.output_names, outs, strict=True))
         return {n: by_name[n].float().cpu().numpy() for n in names}
+
+
+def jit_trace(torch: Any, module: Any, example: Any) -> Any:
+    """torch.jit.trace(module, example), without its deprecation warning.
+
+    torch 2.13 marks TorchScript deprecated (in favour of torch.compile / torch.export); it is
+    still the one way here to run a module without a Python call per layer that needs no compiler
+    toolchain at run time, and Triton's PyTorch backend serves the same files. If a later torch
+    drops it, the trace fails and infer.torch runs eagerly (counted torchscript_refused)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r".*torch\.jit\.trace.* is deprecated", DeprecationWarning)
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        return torch.jit.trace(module, example, check_trace=False, strict=False)
+
+
+def _as_list(out: Any) -> list[Any]:
+    """A module's outputs as a list (one tensor, or a list/tuple of them)."""
+    return list(out) if isinstance(out, list | tuple) else [out]
 
 
 def _split(frames: list[Frame], max_batch: int) -> list[list[Frame]]:
@@ -185,6 +240,16 @@ class TorchInfer(Operator[TorchInferConfig]):
             )
         self.output_names = cfg.output_names or known
         shape = self._check_upstream()
+        if cfg.runtime == "torchscript" and shape is None:
+            log.warning(
+                "node %s: runtime eager: no preprocess upstream gives a shape to trace", self.ctx.node_id
+            )
+        elif cfg.runtime == "torchscript":
+            try:
+                await self.ctx.run_pinned(self.model.trace, shape)
+            except Exception as e:  # a model whose trace bakes in shapes, or that cannot be traced
+                self.ctx.metrics.events["torchscript_refused"] += 1
+                log.warning("node %s: runtime eager: the TorchScript trace failed: %s", self.ctx.node_id, e)
         if shape is not None and cfg.warmup and self.model.device.type == "cuda":
             await self.ctx.run_pinned(self._warmup, shape)
         if cfg.cuda_graphs and self.model.device.type != "cuda":

@@ -75,6 +75,7 @@ def export(spec: Export, onnx_path: Path, out: Path) -> float:
     """Convert, trace, check; write `out` atomically. Returns the largest output difference."""
     import torch
 
+    from operators.infer_torch import jit_trace
     from operators.onnx_convert import convert_onnx, load_onnx
 
     module = convert_onnx(load_onnx(onnx_path))
@@ -82,7 +83,7 @@ def export(spec: Export, onnx_path: Path, out: Path) -> float:
     example = torch.rand(spec.trace_shape, generator=gen) * spec.input_scale
     probe = torch.rand(spec.check_shape, generator=gen) * spec.input_scale
     with torch.inference_mode():
-        traced = torch.jit.trace(module, example, check_trace=False, strict=False)
+        traced = jit_trace(torch, module, example)
         want = module(probe)
         got = traced(probe)
     want = list(want) if isinstance(want, list | tuple) else [want]

@@ -4,6 +4,7 @@ PyAV stand-in for NVDEC, and, where torch or DALI are installed, their CPU paths
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 from fractions import Fraction
@@ -518,7 +519,10 @@ async def test_preprocess_dali_without_dali_suggests_torch(small_h264: Path) -> 
 
 
 @needs("torch", "onnx2torch", "onnxruntime")
-async def test_infer_torch_on_cpu_equals_onnxruntime(small_h264: Path) -> None:
+@pytest.mark.parametrize("runtime", ["torchscript", "eager"])
+async def test_infer_torch_on_cpu_equals_onnxruntime(
+    small_h264: Path, runtime: str, caplog: pytest.LogCaptureFixture
+) -> None:
     if not CENTERFACE.is_file():
         pytest.skip("centerface.onnx missing (scripts/setup_models.py)")
     import onnxruntime as ort
@@ -530,10 +534,14 @@ nodes:
   - {{id: decode, op: decode.pyav, inputs: [sources]}}
   - {{id: pre, op: preprocess.cpu, inputs: [decode], config: {{width: 320, height: 256}}}}
   - {{id: detect, op: infer.torch, inputs: [pre], batch: {{max_batch: 3, max_delay_ms: 50}},
-     config: {{device: cpu, max_batch: 2}}}}
+     config: {{device: cpu, max_batch: 2, runtime: {runtime}}}}}
   - {{id: out, op: test.collect, inputs: [detect], queue: {{size: 100}}}}
 """
-    frames = (await collect(graph, max_frames=5))[0]["cam0"]
+    with caplog.at_level(logging.INFO, logger="framegraph.infer_torch"):
+        by_stream, summary = await collect(graph, max_frames=5)
+    frames = by_stream["cam0"]
+    assert f"centerface.onnx on cpu fp32 {runtime}" in caplog.text
+    assert "torchscript_refused" not in summary["nodes"]["detect"].get("events", {})
     session = ort.InferenceSession(str(CENTERFACE), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     assert len(frames) == 5
@@ -560,6 +568,55 @@ nodes:
 """
     with pytest.raises(FramegraphError, match=r"takes \[3, -1, -1\] .* makes \[384, 640, 3\]"):
         await run_graph(graph, max_frames=1)
+
+
+@needs("torch", "onnx2torch")
+async def test_infer_torch_runs_eager_when_the_trace_is_refused(
+    small_h264: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model whose TorchScript trace fails (or differs from the eager module) still runs, eagerly;
+    the refusal is counted."""
+    if not CENTERFACE.is_file():
+        pytest.skip("centerface.onnx missing (scripts/setup_models.py)")
+    from operators.infer_torch import TorchModel
+
+    def refuse(self: TorchModel, shape: list[int]) -> float:
+        raise FramegraphError("the trace differs from the eager module by 0.5 (relative)")
+
+    monkeypatch.setattr(TorchModel, "trace", refuse)
+    graph = f"""\
+name: infer_test
+sources: [{{id: cam0, url: "{small_h264}"}}]
+nodes:
+  - {{id: decode, op: decode.pyav, inputs: [sources]}}
+  - {{id: pre, op: preprocess.cpu, inputs: [decode], config: {{width: 320, height: 256}}}}
+  - {{id: detect, op: infer.torch, inputs: [pre], config: {{device: cpu}}}}
+  - {{id: out, op: test.collect, inputs: [detect], queue: {{size: 100}}}}
+"""
+    by_stream, summary = await collect(graph, max_frames=3)
+    assert summary["nodes"]["detect"]["events"]["torchscript_refused"] == 1
+    assert all(f.outputs is not None for f in by_stream["cam0"])
+
+
+@needs("torch", "onnx2torch")
+def test_the_trace_check_catches_a_trace_that_baked_in_the_batch() -> None:
+    """TorchModel.trace compares the trace with the eager module at another batch size: a module
+    whose trace fixes the batch (a reshape to the traced shape) is refused, the eager one kept."""
+    import torch
+
+    from operators.infer_torch import TorchModel
+
+    class BatchBaked(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.reshape(int(x.shape[0]), -1).sum(dim=1)  # int(): the trace records a constant
+
+    model = TorchModel.__new__(TorchModel)
+    model.torch, model.device, model.dtype = torch, torch.device("cpu"), torch.float32
+    model.model, model.traced, model.graphs = BatchBaked(), False, None
+    with pytest.raises(FramegraphError, match="trace"):
+        model.trace([3, 4, 4])
+    assert model.traced is False
+    assert isinstance(model.model, BatchBaked)
 
 
 async def test_infer_torch_missing_model_file_is_a_clear_error(small_h264: Path) -> None:
