@@ -9,7 +9,10 @@ session 1 measured CenterFace at 0.36-0.72 s per batch inside the GPU graph, 11 
 TorchScript trace (infer.torch's `runtime: torchscript`, the default) runs the whole pass in
 C++ after one call. For each runtime this prints forward passes per second alone (the baseline,
 measured beside it) and next to N threads that run pure Python, and the ratio of the two.
-The model runs on the CPU with one intra-op thread; the GIL behaves the same with a GPU.
+Then, for the trace, the first and second pass at each new batch size 1..8, with the JIT's
+optimizing executor (which profiles and recompiles per shape) and without it (what infer.torch
+and the Triton model use). The model runs on the CPU with one intra-op thread; the GIL behaves
+the same with a GPU.
 """
 
 from __future__ import annotations
@@ -85,6 +88,20 @@ def main() -> int:
                 row[f"ratio_{n}_threads"] = round(busy / alone, 3)
             report[name] = row
             print(f"{name:12s} " + "  ".join(f"{k} {v}" for k, v in row.items()), flush=True)
+        # what the JIT's optimizing executor costs: the first passes at each new batch size
+        traced = jit_trace(torch, eager, x)
+        for name, module in (("optimizing", traced), ("plain", PlainExecution(torch, traced))):
+            firsts = []
+            for b in range(1, 9):
+                xb = torch.rand(b, 3, h, w) * 255
+                t0 = time.perf_counter()
+                module(xb)
+                first = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                module(xb)
+                firsts.append([b, round(first * 1e3, 1), round((time.perf_counter() - t0) * 1e3, 1)])
+            report[f"new_batch_size_ms_{name}"] = firsts
+            print(f"{name:12s} [batch, first pass ms, next pass ms]: {firsts}", flush=True)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     return 0

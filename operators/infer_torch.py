@@ -205,10 +205,10 @@ def jit_trace(torch: Any, module: Any, example: Any) -> Any:
 class PlainExecution:
     """A TorchScript module called without the JIT's optimizing executor.
 
-    That executor profiles the first calls for each new input shape and recompiles (measured on
-    CenterFace, CPU, 128x128: 40-60 ms for the first passes at each new batch size against 7-45 ms
-    steady); batches of 1..max_batch would keep paying it. Without it, TorchScript's interpreter
-    runs the traced graph as recorded, at the same steady speed."""
+    That executor profiles the first calls for each new input shape and then recompiles; batches
+    of 1..max_batch keep paying it (CenterFace, CPU, 128x128, `loadtests/gil_convoy.py`: first
+    passes at batch 1 and 2 took 67 and 32 ms with it, 7 and 11 ms without; larger batches were
+    within noise). Without it, TorchScript's interpreter runs the traced graph as recorded."""
 
     def __init__(self, torch: Any, module: Any) -> None:
         self.torch, self.module = torch, module

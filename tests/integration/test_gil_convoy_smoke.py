@@ -37,3 +37,7 @@ def test_gil_convoy_reports_each_runtime_alone_and_beside_python_threads(tmp_pat
             row["with_1_threads_fps"] / row["alone_fps"], rel=0.02, abs=2e-3
         )
         assert runtime in done.stdout
+    for executor in ("optimizing", "plain"):  # first and next pass at each new batch size 1..8
+        rows = report[f"new_batch_size_ms_{executor}"]
+        assert [r[0] for r in rows] == list(range(1, 9))
+        assert all(r[1] > 0 and r[2] > 0 for r in rows)

@@ -86,7 +86,7 @@ class TritonPythonModel:
         for members in groups.values():
             try:
                 # optimized_execution(False): no re-profiling and recompiling for every new batch
-                # size (the JIT's optimizing executor does that; 40-60 ms per new shape on the CPU)
+                # size (the JIT's optimizing executor does that: see operators/infer_torch.py PlainExecution)
                 with torch.inference_mode(), torch.jit.optimized_execution(False):
                     batch = torch.cat([x.to(self.device, non_blocking=True) for _, x in members])
                     outs = self.model(batch.to(self.dtype))
