@@ -295,9 +295,11 @@ nodes:
     return frames
 
 
-def test_cuda_graphs_give_the_eager_outputs_for_every_batch_size() -> None:
+@pytest.mark.parametrize("runtime", ["eager", "torchscript"])
+def test_cuda_graphs_give_the_eager_outputs_for_every_batch_size(runtime: str) -> None:
     """infer.torch with cuda_graphs: CenterFace replayed from captured graphs (batches padded up to
-    their bucket) gives what the eager forward pass gives, for full and padded batches."""
+    their bucket) gives what the eager forward pass gives, for full and padded batches; also when
+    the captured module is the TorchScript trace (infer.torch's default runtime), fp16."""
     if not CENTERFACE.is_file():
         pytest.skip("centerface.onnx missing (scripts/setup_models.py)")
     import torch
@@ -308,6 +310,12 @@ def test_cuda_graphs_give_the_eager_outputs_for_every_batch_size() -> None:
     rng = np.random.default_rng(0)
     batches = {n: [rng.random((3, 384, 640), np.float32) for _ in range(n)] for n in (1, 3, 8)}
     eager = {n: model.run(x, model.output_names) for n, x in batches.items()}
+    if runtime == "torchscript":
+        assert model.trace([3, 384, 640]) <= 1e-3
+        traced = {n: model.run(x, model.output_names) for n, x in batches.items()}
+        for n, outs in traced.items():
+            for name, want in eager[n].items():
+                assert np.abs(outs[name] - want).max() < 1e-2, (n, name)
     model.capture_graphs([3, 384, 640], 8)
     assert model.graphs is not None
     assert model.graphs.buckets == [1, 2, 4, 8]
