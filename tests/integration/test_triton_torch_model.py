@@ -38,8 +38,9 @@ async def _infer(client: object, x: np.ndarray) -> dict[str, np.ndarray]:
 
 
 async def test_concurrent_requests_of_several_shapes_each_get_their_own_rows(triton_url: str) -> None:
-    """Requests Triton batches together (two input sizes, batches of 1-3) each get exactly the
-    outputs onnxruntime gives for them; a request of a bad size gets an error and spoils none."""
+    """Concurrent requests (two input sizes, batches of 1-3; Triton's dynamic batcher may merge
+    those of one size) each get exactly the outputs onnxruntime gives for them; a request of a
+    bad size gets an error and spoils none."""
     import tritonclient.grpc.aio as grpcclient
     from tritonclient.utils import InferenceServerException
 
