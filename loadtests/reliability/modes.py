@@ -223,14 +223,22 @@ async def chaos(rig: Rig, opts: Options, tally: Tally) -> dict[str, Any]:
 
 
 async def _rtsp_restart(rig: Rig, session: Session, affected: list[str], down_s: float = 2.0) -> Fault:
+    def disconnects() -> dict[str, int]:  # counted by source.rtsp when its connection breaks
+        return {s: session.runtime.metrics.node(s).events.get("disconnects", 0) for s in affected}
+
+    before = disconnects()
     start = session.now()
     await asyncio.to_thread(rig.rtsp.kill)
     await asyncio.sleep(down_s)
     await asyncio.to_thread(rig.rtsp.start)
     log.info("fault rtsp_restart done")
-    return Fault(
+    fault = Fault(
         "rtsp_restart", round(start, 2), round(session.now(), 2), affected, f"killed, down {down_s} s"
     )
+    # the proof that the fault reached the streams: frames read ahead (the server sends faster
+    # than real time) can hide a 2 s outage from the frame rate; the broken connection cannot hide
+    fault.extra["disconnects"] = {s: n - before[s] for s, n in disconnects().items()}
+    return fault
 
 
 async def _camera_stall(rig: Rig, session: Session, stall_s: float) -> Fault:

@@ -135,6 +135,9 @@ def test_validate_connect_names_a_missing_model(triton_url: str, clip_720p: Path
     assert f"FAILED source cam0 (source.file, {gone}): cam0: cannot open" in missing.stderr
 
 
+STAGE_P95 = 'framegraph_stage_ms{graph="frames_jsonl",kind="work",node="decode",quantile="p95"}'
+
+
 def test_metrics_are_exposed_for_prometheus(clip_720p: Path, tmp_path: Path) -> None:
     import socket
     import time
@@ -173,10 +176,14 @@ def test_metrics_are_exposed_for_prometheus(clip_720p: Path, tmp_path: Path) -> 
                 body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1).read().decode()
             except OSError:
                 continue
-            if 'framegraph_frames_out_total{graph="frames_jsonl",stream="cam0"}' in body:
+            # stage percentiles appear after the first frame counts (they need samples): wait for both
+            if (
+                'framegraph_frames_out_total{graph="frames_jsonl",stream="cam0"}' in body
+                and STAGE_P95 in body
+            ):
                 break
         assert 'framegraph_frames_in_total{graph="frames_jsonl",stream="cam0"}' in body
-        assert 'framegraph_stage_ms{graph="frames_jsonl",kind="work",node="decode",quantile="p95"}' in body
+        assert STAGE_P95 in body
     finally:
         proc.terminate()
         proc.wait(10)

@@ -171,7 +171,8 @@ def test_chaos_short_every_stream_recovers_from_every_fault(tmp_path: Path) -> N
         assert at_25_fps or (f["below_real_time_before"] and to_own_rate), f
     by_kind = {f["kind"]: f for f in faults}
     # the faults really happened: the streams they hit went down, and came back
-    assert by_kind["rtsp_restart"]["min_fps"]["corrupt0"] < 25
+    rtsp = by_kind["rtsp_restart"]  # a dip, or at least the broken connection (read-ahead can hide the dip)
+    assert rtsp["min_fps"]["corrupt0"] < 25 or rtsp["extra"]["disconnects"]["corrupt0"] >= 1, rtsp
     assert by_kind["camera_stall"]["min_fps"]["stall0"] < 25
     assert by_kind["triton_restart"]["min_fps"]["stall0"] < 25  # frames covered while Triton was away
     broker = by_kind["broker_down"]
