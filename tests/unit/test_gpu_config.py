@@ -4,7 +4,6 @@ PyAV stand-in for NVDEC, and, where torch or DALI are installed, their CPU paths
 
 from __future__ import annotations
 
-import logging
 import subprocess
 import sys
 from fractions import Fraction
@@ -19,13 +18,14 @@ from pydantic import ValidationError
 from engine import device
 from engine.errors import FramegraphError, GraphConfigError
 from engine.frame import Frame
-from engine.samples import make_clip, scene
-from engine.testing import CollectOperator, plan_from_yaml, run_graph
+from engine.samples import scene
+from engine.testing import plan_from_yaml, run_graph
 from operators import gpu_decode
 from operators.gpu_decode import AnnexB, NvDecodeConfig, is_annexb, parse_avcc, parse_hvcc
 from operators.gpu_preprocess import DaliPreprocess, TorchPreprocess
 from operators.infer_torch import TorchInferConfig
 from operators.preprocess import PreprocessConfig, preprocess_image
+from tests.unit.gpu_helpers import collect, needs
 
 ROOT = Path(__file__).resolve().parents[2]
 CENTERFACE = ROOT / "triton_models/centerface/1/centerface.onnx"
@@ -228,11 +228,6 @@ def encode(
     return path
 
 
-@pytest.fixture(scope="module")
-def small_h264(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_clip(tmp_path_factory.mktemp("gpu") / "small.mp4", 320, 240, fps=30, seconds=2, gop=30)
-
-
 def decode_all(path: Path) -> list[np.ndarray]:
     with av.open(str(path)) as container:
         return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
@@ -345,16 +340,6 @@ nodes:
 """
 
 
-async def collect(graph: str, **options: Any) -> tuple[dict[str, list[Frame]], dict[str, Any]]:
-    runtime, summary = await run_graph(graph, **options)
-    out: CollectOperator = runtime.operator("out")  # type: ignore[assignment]
-    by_stream: dict[str, list[Frame]] = {}
-    for item in out.items:
-        assert isinstance(item, Frame)
-        by_stream.setdefault(item.stream_id, []).append(item)
-    return by_stream, summary
-
-
 async def test_nvdec_frames_match_decode_pyav(small_h264: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     backend = PyAVBackend()
     monkeypatch.setattr(gpu_decode, "load_backend", lambda config: backend)
@@ -442,13 +427,6 @@ async def test_unsupported_codec_ends_with_a_clear_log(
 # --- CPU paths of the torch and DALI operators (skipped where the package is missing) ---------
 
 
-def needs(*modules: str) -> pytest.MarkDecorator:
-    """Skip unless every module is installed; the reason names the first missing one."""
-    missing = [m for m in modules if not device.installed(m)]
-    name = {"nvidia.dali": "DALI"}.get(missing[0], missing[0]) if missing else ""
-    return pytest.mark.skipif(bool(missing), reason=f"{name} not installed")
-
-
 def reference_frames(clip: Path, n: int) -> list[np.ndarray]:
     return decode_all(clip)[:n]
 
@@ -516,152 +494,3 @@ async def test_preprocess_dali_without_dali_suggests_torch(small_h264: Path) -> 
         pytest.skip("DALI is installed")
     with pytest.raises(FramegraphError, match=r"preprocess.dali needs NVIDIA DALI: .*preprocess.torch"):
         await run_preprocess("preprocess.dali", small_h264, {})
-
-
-@needs("torch", "onnx2torch", "onnxruntime")
-@pytest.mark.parametrize("runtime", ["torchscript", "eager"])
-async def test_infer_torch_on_cpu_equals_onnxruntime(
-    small_h264: Path, runtime: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    if not CENTERFACE.is_file():
-        pytest.skip("centerface.onnx missing (scripts/setup_models.py)")
-    import onnxruntime as ort
-
-    graph = f"""\
-name: infer_test
-sources: [{{id: cam0, url: "{small_h264}"}}]
-nodes:
-  - {{id: decode, op: decode.pyav, inputs: [sources]}}
-  - {{id: pre, op: preprocess.cpu, inputs: [decode], config: {{width: 320, height: 256}}}}
-  - {{id: detect, op: infer.torch, inputs: [pre], batch: {{max_batch: 3, max_delay_ms: 50}},
-     config: {{device: cpu, max_batch: 2, runtime: {runtime}}}}}
-  - {{id: out, op: test.collect, inputs: [detect], queue: {{size: 100}}}}
-"""
-    with caplog.at_level(logging.INFO, logger="framegraph.infer_torch"):
-        by_stream, summary = await collect(graph, max_frames=5)
-    frames = by_stream["cam0"]
-    assert f"centerface.onnx on cpu fp32 {runtime}" in caplog.text
-    assert "torchscript_refused" not in summary["nodes"]["detect"].get("events", {})
-    session = ort.InferenceSession(str(CENTERFACE), providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    assert len(frames) == 5
-    for f in frames:
-        assert f.outputs is not None
-        assert list(f.outputs) == names == ["537", "538", "539", "540"]
-        want = session.run(names, {session.get_inputs()[0].name: f.tensor[None]})
-        for name, w in zip(names, want, strict=True):
-            assert f.outputs[name].shape == w.shape[1:]
-            np.testing.assert_allclose(f.outputs[name], w[0], rtol=1e-3, atol=2e-3)
-
-
-@needs("torch", "onnx2torch")
-async def test_infer_torch_rejects_a_preprocess_of_the_wrong_layout(small_h264: Path) -> None:
-    if not CENTERFACE.is_file():
-        pytest.skip("centerface.onnx missing (scripts/setup_models.py)")
-    graph = f"""\
-name: infer_test
-sources: [{{id: cam0, url: "{small_h264}"}}]
-nodes:
-  - {{id: decode, op: decode.pyav, inputs: [sources]}}
-  - {{id: pre, op: preprocess.cpu, inputs: [decode], config: {{layout: hwc}}}}
-  - {{id: detect, op: infer.torch, inputs: [pre], config: {{device: cpu, output_names: ['537']}}}}
-"""
-    with pytest.raises(FramegraphError, match=r"takes \[3, -1, -1\] .* makes \[384, 640, 3\]"):
-        await run_graph(graph, max_frames=1)
-
-
-@needs("torch", "onnx2torch")
-async def test_infer_torch_runs_eager_when_the_trace_is_refused(
-    small_h264: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A model whose TorchScript trace fails (or differs from the eager module) still runs, eagerly;
-    the refusal is counted."""
-    if not CENTERFACE.is_file():
-        pytest.skip("centerface.onnx missing (scripts/setup_models.py)")
-    from operators.infer_torch import TorchModel
-
-    def refuse(self: TorchModel, shape: list[int]) -> float:
-        raise FramegraphError("the trace differs from the eager module by 0.5 (relative)")
-
-    monkeypatch.setattr(TorchModel, "trace", refuse)
-    graph = f"""\
-name: infer_test
-sources: [{{id: cam0, url: "{small_h264}"}}]
-nodes:
-  - {{id: decode, op: decode.pyav, inputs: [sources]}}
-  - {{id: pre, op: preprocess.cpu, inputs: [decode], config: {{width: 320, height: 256}}}}
-  - {{id: detect, op: infer.torch, inputs: [pre], config: {{device: cpu}}}}
-  - {{id: out, op: test.collect, inputs: [detect], queue: {{size: 100}}}}
-"""
-    by_stream, summary = await collect(graph, max_frames=3)
-    assert summary["nodes"]["detect"]["events"]["torchscript_refused"] == 1
-    assert all(f.outputs is not None for f in by_stream["cam0"])
-
-
-@needs("torch", "onnx2torch")
-def test_the_trace_check_catches_a_trace_that_baked_in_the_batch() -> None:
-    """TorchModel.trace compares the trace with the eager module at another batch size: a module
-    whose trace fixes the batch (a reshape to the traced shape) is refused, the eager one kept."""
-    import torch
-
-    from operators.infer_torch import TorchModel
-
-    class BatchBaked(torch.nn.Module):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return x.reshape(int(x.shape[0]), -1).sum(dim=1)  # int(): the trace records a constant
-
-    model = TorchModel.__new__(TorchModel)
-    model.torch, model.device, model.dtype = torch, torch.device("cpu"), torch.float32
-    model.model, model.traced, model.graphs = BatchBaked(), False, None
-    with pytest.raises(FramegraphError, match="trace"):
-        model.trace([3, 4, 4])
-    assert model.traced is False
-    assert isinstance(model.model, BatchBaked)
-
-
-async def test_infer_torch_missing_model_file_is_a_clear_error(small_h264: Path) -> None:
-    graph = f"""\
-name: infer_test
-sources: [{{id: cam0, url: "{small_h264}"}}]
-nodes:
-  - {{id: decode, op: decode.pyav, inputs: [sources]}}
-  - {{id: detect, op: infer.torch, inputs: [decode], config: {{onnx_path: no/such.onnx}}}}
-"""
-    with pytest.raises(FramegraphError, match=r"model file 'no/such.onnx' not found .*setup_models.py"):
-        await run_graph(graph, max_frames=1)
-
-
-@pytest.mark.parametrize("infer", ["torch", "triton"])
-def test_the_gpu_bench_graphs_validate(monkeypatch: pytest.MonkeyPatch, infer: str) -> None:
-    """Both detection variants of loadtests/gpu_bench.py's graph pass validation on a CPU machine,
-    so a typo costs no GPU minutes; triton mode serves the TorchScript model through CUDA shm."""
-    from engine.plan import build_plan
-    from engine.yamlsource import load_text
-    from loadtests import gpu_bench
-
-    monkeypatch.setenv(gpu_bench.INFER_ENV, infer)
-    monkeypatch.setenv(gpu_bench.TRITON_URL_ENV, "127.0.0.1:18001")
-    plan = build_plan(load_text(gpu_bench.graph_yaml(Path("/tmp/clip.mp4"), [0, 1, 2], "native"), "bench"))
-    detect = next(n for n in plan.nodes if n.spec.id == "detect")
-    assert detect.op == f"infer.{infer}"
-    config = detect.spec.config
-    if infer == "triton":
-        assert config["model"] == gpu_bench.TRITON_MODEL
-        assert config["shared_memory"] == "cuda"
-        assert config["url"] == "127.0.0.1:18001"
-    else:
-        assert config["fp16"] is True
-
-
-def test_a_later_bench_reuses_the_measured_decode_ceilings_only(tmp_path: Path) -> None:
-    """gpu_check measures the NVDEC ceiling once; the next benchmark takes the measured counts
-    from its JSON and measures (or skips) the rest, never reusing a skipped entry."""
-    import json
-
-    from loadtests.gpu_bench import earlier_ceiling
-
-    path = tmp_path / "gpu_bench.json"
-    path.write_text(json.dumps({"ceiling": {"64": {"fps": 2634.2}, "96": {"skipped": "time budget"}}}))
-    assert earlier_ceiling(path) == {"64": {"fps": 2634.2}}
-    assert earlier_ceiling(tmp_path / "absent.json") == {}
-    assert earlier_ceiling(None) == {}
