@@ -118,3 +118,14 @@ async def run_graph(text: str, **options: Any) -> tuple[Runtime, dict[str, Any]]
     runtime = Runtime(plan_from_yaml(text), RunOptions(**options))
     summary = await runtime.run()
     return runtime, summary
+
+
+async def collect_frames(text: str, **options: Any) -> tuple[dict[str, list[Frame]], dict[str, Any]]:
+    """Run an inline graph whose collecting node is `out`: its frames by stream, and the summary."""
+    runtime, summary = await run_graph(text, **options)
+    out: Any = runtime.operator("out")
+    by_stream: dict[str, list[Frame]] = {}
+    for item in out.items:
+        assert isinstance(item, Frame)
+        by_stream.setdefault(item.stream_id, []).append(item)
+    return by_stream, summary

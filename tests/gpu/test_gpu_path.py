@@ -20,22 +20,12 @@ if _why is not None:
     pytest.skip(f"needs a CUDA GPU, torch with CUDA and PyNvVideoCodec: {_why}", allow_module_level=True)
 
 from engine.frame import Frame  # noqa: E402
-from engine.testing import CollectOperator, run_graph  # noqa: E402
+from engine.testing import collect_frames as collect  # noqa: E402
 from operators.preprocess import PreprocessConfig, preprocess_image  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 ROOT = Path(__file__).resolve().parents[2]
 CENTERFACE = ROOT / "triton_models/centerface/1/centerface.onnx"
-
-
-async def collect(graph: str, **options: Any) -> tuple[dict[str, list[Frame]], dict[str, Any]]:
-    runtime, summary = await run_graph(graph, **options)
-    out: CollectOperator = runtime.operator("out")  # type: ignore[assignment]
-    by_stream: dict[str, list[Frame]] = {}
-    for item in out.items:
-        assert isinstance(item, Frame)
-        by_stream.setdefault(item.stream_id, []).append(item)
-    return by_stream, summary
 
 
 def decode_graph(clip: Path, op: str, config: str = "", streams: int = 1) -> str:

@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from engine import device
-from engine.frame import Frame
-from engine.testing import CollectOperator, run_graph
+from engine.testing import collect_frames as collect
 
-
-async def collect(graph: str, **options: Any) -> tuple[dict[str, list[Frame]], dict[str, Any]]:
-    """Run `graph` (its collecting node is `out`): its frames by stream, and the run's summary."""
-    runtime, summary = await run_graph(graph, **options)
-    out: CollectOperator = runtime.operator("out")  # type: ignore[assignment]
-    by_stream: dict[str, list[Frame]] = {}
-    for item in out.items:
-        assert isinstance(item, Frame)
-        by_stream.setdefault(item.stream_id, []).append(item)
-    return by_stream, summary
+__all__ = ["collect", "needs"]
 
 
 def needs(*modules: str) -> pytest.MarkDecorator:

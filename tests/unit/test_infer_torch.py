@@ -17,6 +17,29 @@ ROOT = Path(__file__).resolve().parents[2]
 CENTERFACE = ROOT / "triton_models/centerface/1/centerface.onnx"
 
 
+def infer_graph(clip: Path, pre: str | None, infer: str, batch: str = "", collect: bool = True) -> str:
+    """decode.pyav -> preprocess.cpu (config `pre`; None: no preprocess) -> infer.torch (config
+    `infer`, batch options `batch`) -> test.collect `out` (if `collect`)."""
+    detect_input = "decode"
+    nodes = ["  - {id: decode, op: decode.pyav, inputs: [sources]}"]
+    if pre is not None:
+        nodes.append(f"  - {{id: pre, op: preprocess.cpu, inputs: [decode], config: {{{pre}}}}}")
+        detect_input = "pre"
+    batching = f", batch: {{{batch}}}" if batch else ""
+    nodes.append(
+        f"  - {{id: detect, op: infer.torch, inputs: [{detect_input}]{batching}, config: {{{infer}}}}}"
+    )
+    if collect:
+        nodes.append("  - {id: out, op: test.collect, inputs: [detect], queue: {size: 100}}")
+    return (
+        'name: infer_test\nsources: [{id: cam0, url: "'
+        + str(clip)
+        + '"}]\nnodes:\n'
+        + "\n".join(nodes)
+        + "\n"
+    )
+
+
 @needs("torch", "onnx2torch", "onnxruntime")
 @pytest.mark.parametrize("runtime", ["torchscript", "eager"])
 async def test_infer_torch_on_cpu_equals_onnxruntime(
@@ -26,16 +49,12 @@ async def test_infer_torch_on_cpu_equals_onnxruntime(
         pytest.skip("centerface.onnx missing (scripts/setup_models.py)")
     import onnxruntime as ort
 
-    graph = f"""\
-name: infer_test
-sources: [{{id: cam0, url: "{small_h264}"}}]
-nodes:
-  - {{id: decode, op: decode.pyav, inputs: [sources]}}
-  - {{id: pre, op: preprocess.cpu, inputs: [decode], config: {{width: 320, height: 256}}}}
-  - {{id: detect, op: infer.torch, inputs: [pre], batch: {{max_batch: 3, max_delay_ms: 50}},
-     config: {{device: cpu, max_batch: 2, runtime: {runtime}}}}}
-  - {{id: out, op: test.collect, inputs: [detect], queue: {{size: 100}}}}
-"""
+    graph = infer_graph(
+        small_h264,
+        "width: 320, height: 256",
+        f"device: cpu, max_batch: 2, runtime: {runtime}",
+        batch="max_batch: 3, max_delay_ms: 50",
+    )
     with caplog.at_level(logging.INFO, logger="framegraph.infer_torch"):
         by_stream, summary = await collect(graph, max_frames=5)
     frames = by_stream["cam0"]
@@ -57,14 +76,7 @@ nodes:
 async def test_infer_torch_rejects_a_preprocess_of_the_wrong_layout(small_h264: Path) -> None:
     if not CENTERFACE.is_file():
         pytest.skip("centerface.onnx missing (scripts/setup_models.py)")
-    graph = f"""\
-name: infer_test
-sources: [{{id: cam0, url: "{small_h264}"}}]
-nodes:
-  - {{id: decode, op: decode.pyav, inputs: [sources]}}
-  - {{id: pre, op: preprocess.cpu, inputs: [decode], config: {{layout: hwc}}}}
-  - {{id: detect, op: infer.torch, inputs: [pre], config: {{device: cpu, output_names: ['537']}}}}
-"""
+    graph = infer_graph(small_h264, "layout: hwc", "device: cpu, output_names: ['537']", collect=False)
     with pytest.raises(FramegraphError, match=r"takes \[3, -1, -1\] .* makes \[384, 640, 3\]"):
         await run_graph(graph, max_frames=1)
 
@@ -83,15 +95,7 @@ async def test_infer_torch_runs_eager_when_the_trace_is_refused(
         raise FramegraphError("the trace differs from the eager module by 0.5 (relative)")
 
     monkeypatch.setattr(TorchModel, "trace", refuse)
-    graph = f"""\
-name: infer_test
-sources: [{{id: cam0, url: "{small_h264}"}}]
-nodes:
-  - {{id: decode, op: decode.pyav, inputs: [sources]}}
-  - {{id: pre, op: preprocess.cpu, inputs: [decode], config: {{width: 320, height: 256}}}}
-  - {{id: detect, op: infer.torch, inputs: [pre], config: {{device: cpu}}}}
-  - {{id: out, op: test.collect, inputs: [detect], queue: {{size: 100}}}}
-"""
+    graph = infer_graph(small_h264, "width: 320, height: 256", "device: cpu")
     by_stream, summary = await collect(graph, max_frames=3)
     assert summary["nodes"]["detect"]["events"]["torchscript_refused"] == 1
     assert all(f.outputs is not None for f in by_stream["cam0"])
@@ -119,13 +123,7 @@ def test_the_trace_check_catches_a_trace_that_baked_in_the_batch() -> None:
 
 
 async def test_infer_torch_missing_model_file_is_a_clear_error(small_h264: Path) -> None:
-    graph = f"""\
-name: infer_test
-sources: [{{id: cam0, url: "{small_h264}"}}]
-nodes:
-  - {{id: decode, op: decode.pyav, inputs: [sources]}}
-  - {{id: detect, op: infer.torch, inputs: [decode], config: {{onnx_path: no/such.onnx}}}}
-"""
+    graph = infer_graph(small_h264, None, "onnx_path: no/such.onnx", collect=False)
     with pytest.raises(FramegraphError, match=r"model file 'no/such.onnx' not found .*setup_models.py"):
         await run_graph(graph, max_frames=1)
 
