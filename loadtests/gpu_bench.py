@@ -10,10 +10,14 @@ On the GPU machine it makes one 1080p30 H.264 6 Mb/s clip (10 s) and measures
 (b) the graph: N looped, real-time file sources -> decode.nvdec (a thread per stream, <= 16) ->
     preprocess.torch (batch 32, 5 ms) -> infer.torch (CenterFace fp16, batch 32, workers 2,
     CUDA graphs; waiting for a batch of ~8: up to 33 ms when a process has few streams)
-    -> postprocess.centerface -> track.bytetrack -> sink.jsonl (events), for --seconds, the
+    -> postprocess.centerface -> track.bytetrack (hold_last_frame off: a live camera's frames
+    are not held back one frame, 33 ms, for end-of-stream events) -> sink.jsonl (events), for --seconds, the
     first --warmup seconds after the first frame left out of every figure.
 --cpu-smoke runs the same plumbing (processes, windows, report) on a machine without a GPU:
 a small clip through decode.pyav -> preprocess.cpu -> sink.jsonl; its figures mean nothing.
+--rehearse runs the GPU graph on a machine without a GPU, its three GPU operators standing in
+for the device with an H100's measured service times (loadtests/gpu_rehearsal.py): its figures
+are the host side's (GIL, event loop, threads), not the GPU's.
 The graph runs in --processes processes (auto: ~8 streams each, at most half the cores), the
 streams dealt out as `framegraph run --processes` does: per-frame Python work holds the GIL,
 so one process cannot feed the GPU at 64 x 30 fps. Every edge has a live-video policy, so
@@ -57,7 +61,11 @@ log = logging.getLogger("gpu_bench")
 GRAPHS_ENV = "FG_BENCH_CUDA_GRAPHS"  # infer.torch's cuda_graphs in the bench graph: true | false
 INFER_ENV = "FG_BENCH_INFER"  # the detect node: torch (infer.torch in process) | triton
 TRITON_URL_ENV = "FG_TRITON_GRPC_URL"  # infer.triton's server in --infer triton
+SHARE_ENV = "FG_REHEARSAL_PROCESSES"  # --rehearse: graph processes sharing the simulated GPU
 TRITON_MODEL = "centerface_torch"  # the TorchScript CenterFace on the GPU (configs/gpu.pbtxt)
+# the stack sampler walks every thread's stack holding the GIL: every 5 ms it took 0.16 of a core
+# from a 32-stream rehearsal (0.99 -> 0.83 cores used at 50 ms); every 20 ms costs ~0.04
+SAMPLE_S = 0.02
 GRAPH_OVERHEAD_S = 20.0  # setup, first frame and drain, on top of --seconds, per graph run
 
 
@@ -126,6 +134,7 @@ def detect_node(streams: int) -> str:
 
 
 def graph_yaml(clip: Path, ids: list[int], latency: str, cpu: bool = False) -> str:
+    """The benchmark graph for these stream ids: the GPU one, or (cpu) the --cpu-smoke one."""
     sources = "\n".join(
         f'  - {{id: cam{i:03d}, url: "{clip}", config: {{loop: true, realtime: true}}}}' for i in ids
     )
@@ -164,6 +173,7 @@ nodes:
     op: track.bytetrack
     inputs: [post]
     queue: {{size: 256, policy: drop_oldest}}
+    config: {{hold_last_frame: false}}
   - id: events
     op: sink.jsonl
     inputs: [track]
@@ -173,11 +183,19 @@ nodes:
 
 
 async def run_graph_for(
-    clip: Path, ids: list[int], seconds: float, warmup: float, latency: str, out_dir: Path, cpu: bool = False
+    clip: Path, ids: list[int], seconds: float, warmup: float, latency: str, out_dir: Path, mode: str = "gpu"
 ) -> dict[str, Any]:
-    plan = build_plan(load_text(graph_yaml(clip, ids, latency, cpu), f"gpu_bench_{len(ids)}"))
-    runtime = Runtime(plan, RunOptions(output_dir=out_dir, device="cpu" if cpu else "cuda", threads=64))
-    if not cpu:
+    """One graph run of `mode` (gpu | cpu-smoke | rehearse) in this process; its window's figures."""
+    gpu = mode == "gpu"
+    text = graph_yaml(clip, ids, latency, cpu=mode == "cpu-smoke")
+    if mode == "rehearse":  # importing it registers the stand-ins (in spawned processes too)
+        from loadtests import gpu_rehearsal
+
+        text = gpu_rehearsal.rehearsal_yaml(text)
+        gpu_rehearsal.reset_gpu()
+    plan = build_plan(load_text(text, f"gpu_bench_{len(ids)}"))
+    runtime = Runtime(plan, RunOptions(output_dir=out_dir, device="cuda" if gpu else "cpu", threads=64))
+    if gpu:
         import torch
 
         torch.cuda.reset_peak_memory_stats()
@@ -194,15 +212,18 @@ async def run_graph_for(
             await asyncio.sleep(0.05)
         result["first_frame_s"] = round(time.monotonic() - started, 2)
         await asyncio.sleep(warmup)
-        a = snapshot(runtime.metrics)
-        with Starvation() as starved, StackSampler() as sampler:
+        a, cpu0 = snapshot(runtime.metrics), time.process_time()
+        with Starvation() as starved, StackSampler(SAMPLE_S) as sampler:
             await asyncio.sleep(max(1.0, seconds - warmup))
-        b = snapshot(runtime.metrics)
+        b, cpu1 = snapshot(runtime.metrics), time.process_time()
         result.update(window(runtime.metrics, a, b))
+        result["cpu_cores_used"] = round((cpu1 - cpu0) / (b["t"] - a["t"]), 2)  # ~1: GIL-bound
         result["starvation_ms"] = starved.figures()
         result["hot_stacks"] = sampler.figures(top=12)  # where the threads were: the GIL's budget
-        result["detect_max_delay_ms"] = None if cpu else detect_delay_ms(len(ids))
-        if not cpu:
+        result["detect_max_delay_ms"] = None if mode == "cpu-smoke" else detect_delay_ms(len(ids))
+        if mode == "rehearse":
+            result["simulated_device_busy_s"] = gpu_rehearsal.device_busy()
+        if gpu:
             import torch
 
             result["gpu_memory_mib"] = {
@@ -221,7 +242,28 @@ async def run_graph_for(
         except Exception as e:  # a run that did not drain still reports its window
             task.cancel()
             result["stop_error"] = f"{type(e).__name__}: {e}"
+        if mode != "cpu-smoke":
+            result["events"] = event_counts(out_dir / f"gpu_bench_{len(ids)}.jsonl")
     return result
+
+
+def event_counts(path: Path, max_lines: int = 50_000) -> dict[str, Any]:
+    """What the events sink wrote (its first `max_lines` lines): events by type, faces found, and
+    faces with a confirmed track id; proof that detection and tracking really ran."""
+    by_type: Counter[str] = Counter()
+    faces = tracked = lines = 0
+    if path.is_file():
+        with path.open() as f:
+            for line in f:
+                if lines >= max_lines:
+                    break
+                lines += 1
+                event = json.loads(line)
+                by_type[event.get("type", "?")] += 1
+                for d in event.get("detections") or ():
+                    faces += 1
+                    tracked += d.get("track_id", -1) >= 0
+    return {"lines_read": lines, "by_type": dict(by_type), "faces": faces, "tracked_faces": tracked}
 
 
 def run_graph_sync(*args: Any) -> dict[str, Any]:
@@ -242,7 +284,7 @@ def run_graph_processes(
     warmup: float,
     latency: str,
     out_dir: Path,
-    cpu: bool = False,
+    mode: str = "gpu",
 ) -> dict[str, Any]:
     """The graph in `processes` spawned processes (streams dealt round-robin, as `framegraph run
     --processes` does), their measuring windows merged: fps and drops add up, latency
@@ -253,12 +295,16 @@ def run_graph_processes(
 
     shares = deal_sources(streams, processes)
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(len(shares), mp_context=ctx) as pool:
-        futures = [
-            pool.submit(run_graph_sync, clip, ids, seconds, warmup, latency, out_dir / f"p{i}", cpu)
-            for i, ids in enumerate(shares)
-        ]
-        parts = [f.result() for f in futures]
+    os.environ[SHARE_ENV] = str(len(shares))  # rehearse: each process simulates its share of one GPU
+    try:
+        with ProcessPoolExecutor(len(shares), mp_context=ctx) as pool:
+            futures = [
+                pool.submit(run_graph_sync, clip, ids, seconds, warmup, latency, out_dir / f"p{i}", mode)
+                for i, ids in enumerate(shares)
+            ]
+            parts = [f.result() for f in futures]
+    finally:
+        os.environ.pop(SHARE_ENV, None)
     errors = [p["error"] for p in parts if "error" in p]
     ok = [p for p in parts if "_raw" in p]
     if not ok:
@@ -284,7 +330,16 @@ def run_graph_processes(
         for probe in ("gil_wait", "loop_lag")
     }
     merged["first_frame_s"] = max(p.get("first_frame_s", 0.0) for p in ok)
-    if not cpu:
+    merged["cpu_cores_used"] = round(sum(p.get("cpu_cores_used", 0.0) for p in ok), 2)
+    if mode != "cpu-smoke":
+        by_type: Counter[str] = Counter()
+        for p in ok:
+            by_type.update(p["events"]["by_type"])
+        merged["events"] = {
+            "by_type": dict(by_type),
+            **{k: sum(p["events"][k] for p in ok) for k in ("lines_read", "faces", "tracked_faces")},
+        }
+    if mode == "gpu":
         merged["gpu_memory_mib"] = {
             "nvidia_smi_used": max((p["gpu_memory_mib"]["nvidia_smi_used"] or 0) for p in ok),
             "torch_max_allocated_sum": round(sum(p["gpu_memory_mib"]["torch_max_allocated"] for p in ok), 1),
@@ -329,6 +384,12 @@ def main() -> int:
     p.add_argument("--model-seconds", type=float, default=0.0, help="> 0: measure the model alone first")
     p.add_argument("--cpu-smoke", action="store_true", help="check the plumbing without a GPU (no figures)")
     p.add_argument(
+        "--rehearse",
+        action="store_true",
+        help="the GPU graph with the GPU simulated (loadtests/gpu_rehearsal.py): the host side's figures "
+        "on a machine without a GPU",
+    )
+    p.add_argument(
         "--cuda-graphs",
         choices=["true", "false"],
         default="true",
@@ -348,6 +409,9 @@ def main() -> int:
         "a comma list runs each setting in turn (e.g. 1,auto)",
     )
     args = p.parse_args()
+    if args.cpu_smoke and args.rehearse:
+        p.error("--cpu-smoke and --rehearse are two different runs: choose one")
+    args.mode = "cpu-smoke" if args.cpu_smoke else "rehearse" if args.rehearse else "gpu"
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.export_photo:
         export_photo(args.export_photo)
@@ -363,7 +427,7 @@ def main() -> int:
         report_path.write_text(json.dumps(report, indent=2))
 
     save()
-    why = None if args.cpu_smoke else device.nvdec_reason()
+    why = None if args.mode != "gpu" else device.nvdec_reason()
     if why is not None:
         report["error"] = f"no GPU path here: {why}"
         save()
@@ -375,6 +439,8 @@ def main() -> int:
     if args.cpu_smoke:
         clip = args.clip_dir / "smoke_360p30_2s.mp4"
         args.skip_ceiling, args.latency, args.model_seconds = True, "native", 0.0
+    if args.rehearse:  # the simulated NVDEC's rate is the ceiling; nothing to probe
+        args.latency, args.model_seconds, args.infer = "native", 0.0, "torch"
     if not clip.exists():
         if args.cpu_smoke:
             samples.make_clip(clip, 640, 360, fps=FPS, seconds=2)
@@ -396,10 +462,24 @@ def main() -> int:
     os.environ[GRAPHS_ENV] = args.cuda_graphs  # spawned graph processes read it too
     os.environ[INFER_ENV] = args.infer
     report["cuda_graphs"] = args.cuda_graphs == "true"
-    report["infer"] = args.infer if args.cpu_smoke is False else "none (cpu smoke)"
+    report["infer"] = {"gpu": args.infer, "cpu-smoke": "none (cpu smoke)", "rehearse": "torch (simulated)"}[
+        args.mode
+    ]
+    if args.rehearse:
+        from loadtests import gpu_rehearsal
+
+        t1 = time.monotonic()
+        recording = gpu_rehearsal.record_outputs(clip, args.clip_dir / "bench_centerface_outputs.npz")
+        os.environ[gpu_rehearsal.OUTPUTS_ENV] = str(recording)  # spawned graph processes read it too
+        report["rehearsal"] = {
+            "simulated_times_us": gpu_rehearsal.SimTimes.from_env().as_dict(),
+            "recorded_outputs": str(recording),
+            "record_s": round(time.monotonic() - t1, 1),
+            "what": "the GPU graph, its GPU work simulated (loadtests/gpu_rehearsal.py): host-side figures",
+        }
     save()
     triton = None
-    if args.infer == "triton" and not args.cpu_smoke and not os.environ.get(TRITON_URL_ENV):
+    if args.infer == "triton" and args.mode == "gpu" and not os.environ.get(TRITON_URL_ENV):
         triton = BenchTriton()
         os.environ[TRITON_URL_ENV] = triton.start()
         report["triton"] = {"started_s": triton.started_s, "url": os.environ[TRITON_URL_ENV]}
@@ -467,6 +547,11 @@ def measure(
     ceiling: dict[int, dict[str, Any]] = {}
     earlier = earlier_ceiling(args.ceiling_from)
     for n in counts:
+        if args.rehearse:  # the simulated NVDEC's rate, whatever the stream count
+            from loadtests.gpu_rehearsal import SimTimes
+
+            ceiling[n] = {"fps": round(1e6 / SimTimes.from_env().decode_us, 1), "simulated": True}
+            continue
         if str(n) in earlier:  # measured by an earlier run on this machine (same clip)
             ceiling[n] = {**earlier[str(n)], "from": str(args.ceiling_from)}
             continue
@@ -479,6 +564,8 @@ def measure(
         )
         report["ceiling"] = {str(k): v for k, v in ceiling.items()}
         save()
+    report["ceiling"] = {str(k): v for k, v in ceiling.items()}  # reused, simulated or skipped too
+    save()
 
     runs: dict[str, Any] = {}
     scratch = Path(tempfile.mkdtemp(prefix="fg-bench-out-"))
@@ -491,7 +578,7 @@ def measure(
                 runs[key] = {"skipped": "time budget"}
                 continue
             try:
-                common = (args.seconds, args.warmup, latency, scratch, args.cpu_smoke)
+                common = (args.seconds, args.warmup, latency, scratch, args.mode)
                 if k == 1:
                     r = run_graph_sync(clip, list(range(n)), *common)
                 else:
@@ -526,7 +613,7 @@ def measure(
                 for t in hot["top"][:4]:
                     print(f"    {t['busy_threads']:6.2f} {t['thread']}: {t['stack'][:160]}")
             gc.collect()
-            if not args.cpu_smoke:
+            if args.mode == "gpu":
                 import torch
 
                 torch.cuda.empty_cache()
