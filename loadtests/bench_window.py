@@ -110,3 +110,34 @@ class Starvation:
             "gil_wait": LatencySamples().percentiles(self.gil),
             "loop_lag": LatencySamples().percentiles(self.loop),
         }
+
+
+def thread_cpu_s() -> dict[str, float]:
+    """CPU seconds (user + system) each group of this process's threads has used so far, by
+    thread name without its numbers (Linux /proc; {} elsewhere). Threads that ended are gone."""
+    import os
+    import re
+
+    tick_s = 1 / os.sysconf("SC_CLK_TCK")
+    names = {t.native_id: t.name for t in threading.enumerate()}  # the OS knows them all as python
+    out: dict[str, float] = {}
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return out
+    for tid in tasks:
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        name = names.get(int(tid), "(not a Python thread)")  # uvloop's, a library's own threads
+        group = re.sub(r"[-_]?\d+", "", name) or name
+        out[group] = out.get(group, 0.0) + (int(fields[11]) + int(fields[12])) * tick_s
+    return out
+
+
+def cores_by_thread(a: dict[str, float], b: dict[str, float], span_s: float) -> dict[str, float]:
+    """Cores each thread group used between two `thread_cpu_s` readings, busiest first."""
+    used = {k: (v - a.get(k, 0.0)) / span_s for k, v in b.items()}
+    return {k: round(v, 3) for k, v in sorted(used.items(), key=lambda kv: -kv[1]) if v >= 0.005}

@@ -18,7 +18,7 @@ a small clip through decode.pyav -> preprocess.cpu -> sink.jsonl; its figures me
 --rehearse runs the GPU graph on a machine without a GPU, its three GPU operators standing in
 for the device with an H100's measured service times (loadtests/gpu_rehearsal.py): its figures
 are the host side's (GIL, event loop, threads), not the GPU's.
-The graph runs in --processes processes (auto: ~8 streams each, at most half the cores), the
+The graph runs in --processes processes (auto: ~16 streams each, at most half the cores), the
 streams dealt out as `framegraph run --processes` does: per-frame Python work holds the GIL,
 so one process cannot feed the GPU at 64 x 30 fps. Every edge has a live-video policy, so
 overload shows as drops, not as growing latency:
@@ -53,7 +53,15 @@ from engine import device, samples  # noqa: E402
 from engine.plan import build_plan  # noqa: E402
 from engine.runtime import RunOptions, Runtime  # noqa: E402
 from engine.yamlsource import load_text  # noqa: E402
-from loadtests.bench_window import FPS, Starvation, snapshot, summarize_window, window  # noqa: E402
+from loadtests.bench_window import (  # noqa: E402
+    FPS,
+    Starvation,
+    cores_by_thread,
+    snapshot,
+    summarize_window,
+    thread_cpu_s,
+    window,
+)
 from loadtests.gpu_ceiling import decode_ceiling, model_ceiling, probe_low_latency, smi, smi_used_mib  # noqa: E402
 from loadtests.stack_sampler import StackSampler  # noqa: E402
 
@@ -212,12 +220,13 @@ async def run_graph_for(
             await asyncio.sleep(0.05)
         result["first_frame_s"] = round(time.monotonic() - started, 2)
         await asyncio.sleep(warmup)
-        a, cpu0 = snapshot(runtime.metrics), time.process_time()
+        a, cpu0, threads0 = snapshot(runtime.metrics), time.process_time(), thread_cpu_s()
         with Starvation() as starved, StackSampler(SAMPLE_S) as sampler:
             await asyncio.sleep(max(1.0, seconds - warmup))
-        b, cpu1 = snapshot(runtime.metrics), time.process_time()
+        b, cpu1, threads1 = snapshot(runtime.metrics), time.process_time(), thread_cpu_s()
         result.update(window(runtime.metrics, a, b))
         result["cpu_cores_used"] = round((cpu1 - cpu0) / (b["t"] - a["t"]), 2)  # ~1: GIL-bound
+        result["cpu_cores_by_thread"] = cores_by_thread(threads0, threads1, b["t"] - a["t"])
         result["starvation_ms"] = starved.figures()
         result["hot_stacks"] = sampler.figures(top=12)  # where the threads were: the GIL's budget
         result["detect_max_delay_ms"] = None if mode == "cpu-smoke" else detect_delay_ms(len(ids))
@@ -350,13 +359,20 @@ def run_graph_processes(
     return merged
 
 
+# streams per graph process under --processes auto. The rehearsal (--rehearse, H100 service
+# times, one process alone on a core with its share of the GPU) held every stream at p95 239 ms
+# with 8 per process, 132 ms with 16 and 126 ms with 32 (0.83 of a core: no headroom left); fewer
+# processes mean bigger batches, so the GPU spends less of its time on fixed per-batch costs.
+STREAMS_PER_PROCESS = 16
+
+
 def processes_for(spec: str, streams: int) -> int:
-    """--processes: a number, or auto (about 8 streams per process, at most half the cores)."""
+    """--processes: a number, or auto (about STREAMS_PER_PROCESS each, at most half the cores)."""
     if spec != "auto":
         return max(1, int(spec))
     from engine.shards import cpu_count
 
-    return max(1, min(cpu_count() // 2, -(-streams // 8)))
+    return max(1, min(cpu_count() // 2, -(-streams // STREAMS_PER_PROCESS)))
 
 
 # --- main ------------------------------------------------------------------------------------
@@ -405,7 +421,7 @@ def main() -> int:
     p.add_argument(
         "--processes",
         default="auto",
-        help="graph processes per run: a number, or auto (~8 streams each, at most half the cores); "
+        help="graph processes per run: a number, or auto (~16 streams each, at most half the cores); "
         "a comma list runs each setting in turn (e.g. 1,auto)",
     )
     args = p.parse_args()
