@@ -22,13 +22,15 @@ work replaced:
 The simulated GPU is a set of serial engines (NVDEC, SMs). A call books the engine from the time
 it is free, for its service time, and sleeps until then without the GIL, as a CUDA call waits
 for the device; before that it spins for its host time with the GIL held, the Python and driver
-work a real call does on the CPU. Service times default to what an H100 measured in session 1
-(NVDEC 4,040 fps at 64 streams; CenterFace fp16 at batch 32: 2,897 fps); host times are
-estimates (`SimTimes`), and `FG_REHEARSAL_TIMES` (JSON) overrides any field. With several
-processes each gets its share of one device (service times x processes), as contexts time-slice.
+work a real call does on the CPU. Service times default to what the one GPU run so far measured
+on an H100 (NVDEC 4,040 fps at 64 streams; CenterFace fp16 at batch 32: 2,897 fps); host times
+are estimates (`SimTimes`), and `FG_REHEARSAL_TIMES` (JSON) overrides any field. With several
+processes each gets its share of one device (service times x processes), as contexts time-slice;
+`FG_REHEARSAL_PROCESSES=K` gives a single process the share of one of K.
 
 What it can say: whether the host side holds N streams at real time when the GPU keeps its
-measured pace, and where the GIL goes (hot_stacks). What it cannot: anything about the device
+measured pace, the CPU each thread group uses (cpu_cores_by_thread) and where the GIL goes
+(hot_stacks). What it cannot: anything about the device
 (its real latency under load, memory, NVDEC sessions, CUDA context switches).
 """
 
@@ -65,7 +67,7 @@ IMAGE = np.broadcast_to(np.zeros((1, 1, 3), np.uint8), (1080, 1920, 3))  # the C
 class SimTimes:
     """Service times of the simulated GPU (device) and host time per call (GIL held), in µs."""
 
-    decode_us: float = 1e6 / 4040  # NVDEC, per frame: H100, 64 streams, session 1
+    decode_us: float = 1e6 / 4040  # NVDEC, per frame: 4,040 fps at 64 streams (gpu_bench, H100)
     preprocess_us_per_frame: float = 40.0  # letterbox + normalise of one 1080p frame (estimate)
     model_us_fixed: float = 1500.0  # CenterFace fp16 forward pass: fixed part (estimate) ...
     model_us_per_frame: float = 298.0  # ... + per frame: batch 32 = 11.0 ms, 2,897 fps (H100)
@@ -84,6 +86,7 @@ class SimTimes:
         return cls(**{k: float(v) for k, v in raw.items()})
 
     def as_dict(self) -> dict[str, float]:
+        """The times for a report, to 0.1 µs."""
         return {k: round(v, 1) for k, v in asdict(self).items()}
 
 
