@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import zlib
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -65,6 +64,43 @@ class _Stream:
     outputs: list[EdgeQueue]
     stop: asyncio.Event
     task: asyncio.Task[None] | None = None
+
+
+class _LaneAssignment:
+    """Which lane of a node with `workers` lanes serves each stream: the least busy one when the
+    stream first starts. (Hashing stream ids put cam0..cam3 on 2 of 4 lanes.) A stream keeps its
+    lane after its END, so that a stream started again under the same id is queued behind its old
+    END, never beside it; the oldest of those ended streams are forgotten past `keep_ended`."""
+
+    def __init__(self, lanes: int, keep_ended: int = 1024) -> None:
+        self.streams_on = [0] * lanes  # open streams per lane
+        self.by_stream: dict[str, int] = {}
+        self.open: dict[str, int] = {}  # START minus END per open stream (one per input edge)
+        self.ended: OrderedDict[str, None] = OrderedDict()
+        self.keep_ended = keep_ended
+
+    def lane(self, msg: Message) -> int:
+        sid = msg.stream_id
+        i = self.by_stream.get(sid)
+        if i is None:
+            i = self.by_stream[sid] = min(range(len(self.streams_on)), key=self.streams_on.__getitem__)
+            self.streams_on[i] += 1
+            self.open[sid] = 0
+        elif sid in self.ended:  # started again: back on its old lane
+            del self.ended[sid]
+            self.streams_on[i] += 1
+            self.open[sid] = 0
+        if isinstance(msg, Control) and msg.kind is ControlKind.START:
+            self.open[sid] += 1
+        elif isinstance(msg, Control) and msg.kind is ControlKind.END:
+            self.open[sid] -= 1
+            if self.open[sid] <= 0:
+                del self.open[sid]
+                self.streams_on[i] -= 1
+                self.ended[sid] = None
+                if len(self.ended) > self.keep_ended:
+                    del self.by_stream[self.ended.popitem(last=False)[0]]
+        return i
 
 
 class Runtime:
@@ -262,7 +298,10 @@ class Runtime:
                     q.close()
 
     async def _lane_loop(self, node: _Node, workers: int) -> None:
+        """`workers` lanes, each a stream's for as long as it is open: a stream's items keep their
+        order, and streams run side by side up to `workers` at a time."""
         lanes: list[asyncio.Queue[Message | None]] = [asyncio.Queue(2) for _ in range(workers)]
+        assign = _LaneAssignment(workers)
 
         async def lane(q: asyncio.Queue[Message | None]) -> None:
             while (msg := await q.get()) is not None:
@@ -271,7 +310,7 @@ class Runtime:
         tasks = [asyncio.create_task(lane(q)) for q in lanes]
         try:
             while (msg := await node.inbox.get()) is not None:
-                await lanes[zlib.crc32(msg.stream_id.encode()) % workers].put(msg)
+                await lanes[assign.lane(msg)].put(msg)
             for q in lanes:
                 await q.put(None)
             await asyncio.gather(*tasks)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
+from typing import Any
 
 import pytest
 
-from engine.frame import Frame
+from engine.frame import Frame, Item
+from engine.registry import register
 from engine.runtime import RunOptions, Runtime
-from engine.testing import CollectOperator, plan_from_yaml, run_graph
+from engine.testing import CollectOperator, SlowOperator, plan_from_yaml, run_graph
 
 
 def graph(sources: str, nodes: str) -> str:
@@ -38,6 +41,65 @@ async def test_order_per_stream_is_kept_across_parallel_lanes() -> None:
     got = seqs_by_stream(runtime.operator("out"))  # type: ignore[arg-type]
     assert got == {f"s{i}": list(range(50)) for i in range(4)}
     assert summary["nodes"]["out"]["dropped"] == 0
+
+
+class _Concurrency(SlowOperator):
+    """test.slow that records how many streams it was working on at once."""
+
+    def __init__(self, config: Any, ctx: Any) -> None:
+        super().__init__(config, ctx)
+        self.active: set[str] = set()
+        self.most = 0
+
+    async def process(self, item: Item) -> Sequence[Item]:
+        self.active.add(item.stream_id)
+        self.most = max(self.most, len(self.active))
+        try:
+            return await super().process(item)
+        finally:
+            self.active.discard(item.stream_id)
+
+
+register("test.concurrency")(_Concurrency)
+
+
+async def test_every_lane_gets_a_stream_of_its_own() -> None:
+    """cam0..cam3 on 4 lanes run side by side (hashing their ids used 2 of the 4 lanes)."""
+    sources = "\n".join(
+        f"  - {{id: cam{i}, url: synthetic, op: test.synthetic, config: {{frames: 20}}}}" for i in range(4)
+    )
+    nodes = """\
+  - {id: work, op: test.concurrency, inputs: [sources], workers: 4, config: {delay_ms: 5}}
+  - {id: out, op: test.collect, inputs: [work], queue: {size: 64}}"""
+    runtime, _ = await run_graph(graph(sources, nodes))
+    assert runtime.operator("work").most == 4  # type: ignore[attr-defined]
+    got = seqs_by_stream(runtime.operator("out"))  # type: ignore[arg-type]
+    assert got == {f"cam{i}": list(range(20)) for i in range(4)}
+
+
+def test_a_stream_started_again_keeps_its_lane_and_ended_streams_free_theirs() -> None:
+    from engine.frame import Control, ControlKind
+    from engine.runtime import _LaneAssignment
+
+    lanes = _LaneAssignment(2, keep_ended=1)
+
+    def start(sid: str) -> int:
+        return lanes.lane(Control(ControlKind.START, sid))
+
+    def end(sid: str) -> int:
+        return lanes.lane(Control(ControlKind.END, sid))
+
+    assert [start("a"), start("b")] == [0, 1]
+    assert end("a") == 0  # a's lane is free again ...
+    assert start("c") == 0  # ... and the next new stream takes it
+    assert start("a") == 0  # a, started again, goes behind its own END, beside c
+    assert [end("a"), end("b"), end("c")] == [0, 1, 0]
+    assert len(lanes.by_stream) == 1  # only the last ended stream is remembered (keep_ended=1)
+    # a stream arriving on two input edges ends with its second END
+    assert [start("d"), start("d"), end("d")] == [0, 0, 0]
+    assert start("e") == 1
+    assert end("d") == 0
+    assert start("f") == 0
 
 
 async def test_block_policy_loses_nothing_and_slows_the_producer() -> None:
