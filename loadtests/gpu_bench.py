@@ -7,7 +7,7 @@
 On the GPU machine it makes one 1080p30 H.264 6 Mb/s clip (10 s) and measures
 (a) the ceiling: N threads, each demuxing the clip with PyAV, rewriting it to Annex B and
     decoding it on its own PyNvVideoCodec decoder as fast as it goes, for --ceiling-seconds;
-(b) the graph: N looped, real-time file sources -> decode.nvdec (a thread per stream, <= 16) ->
+(b) the graph: N looped, real-time file sources -> decode.nvdec (a thread per stream, <= 16 lanes) ->
     preprocess.torch (batch 32, 5 ms) -> infer.torch (CenterFace fp16, batch 32, workers 2,
     CUDA graphs; waiting for a batch of ~8: up to 33 ms when a process has few streams)
     -> postprocess.centerface -> track.bytetrack (hold_last_frame off: a live camera's frames
@@ -69,7 +69,6 @@ log = logging.getLogger("gpu_bench")
 GRAPHS_ENV = "FG_BENCH_CUDA_GRAPHS"  # infer.torch's cuda_graphs in the bench graph: true | false
 INFER_ENV = "FG_BENCH_INFER"  # the detect node: torch (infer.torch in process) | triton
 TRITON_URL_ENV = "FG_TRITON_GRPC_URL"  # infer.triton's server in --infer triton
-SHARE_ENV = "FG_REHEARSAL_PROCESSES"  # --rehearse: graph processes sharing the simulated GPU
 TRITON_MODEL = "centerface_torch"  # the TorchScript CenterFace on the GPU (configs/gpu.pbtxt)
 # the stack sampler walks every thread's stack holding the GIL: every 5 ms it took 0.16 of a core
 # from a 32-stream rehearsal (0.99 -> 0.83 cores used at 50 ms); every 20 ms costs ~0.04
@@ -304,7 +303,11 @@ def run_graph_processes(
 
     shares = deal_sources(streams, processes)
     ctx = multiprocessing.get_context("spawn")
-    os.environ[SHARE_ENV] = str(len(shares))  # rehearse: each process simulates its share of one GPU
+    share_env = ""
+    if mode == "rehearse":  # each process simulates its share of one GPU
+        from loadtests.gpu_rehearsal import SHARE_ENV as share_env
+
+        os.environ[share_env] = str(len(shares))
     try:
         with ProcessPoolExecutor(len(shares), mp_context=ctx) as pool:
             futures = [
@@ -313,7 +316,8 @@ def run_graph_processes(
             ]
             parts = [f.result() for f in futures]
     finally:
-        os.environ.pop(SHARE_ENV, None)
+        if share_env:
+            os.environ.pop(share_env, None)
     errors = [p["error"] for p in parts if "error" in p]
     ok = [p for p in parts if "_raw" in p]
     if not ok:
@@ -360,8 +364,9 @@ def run_graph_processes(
 
 
 # streams per graph process under --processes auto. The rehearsal (--rehearse, H100 service
-# times, one process alone on a core with its share of the GPU) held every stream at p95 239 ms
-# with 8 per process, 132 ms with 16 and 126 ms with 32 (0.83 of a core: no headroom left); fewer
+# times, one process alone on a core with its share of the GPU) held every stream, at p95
+# 234-235 ms with 8 per process, 134-136 ms with 16, 110-135 ms with 32 (0.8-0.9 of a core: no
+# headroom left); fewer
 # processes mean bigger batches, so the GPU spends less of its time on fixed per-batch costs.
 STREAMS_PER_PROCESS = 16
 
