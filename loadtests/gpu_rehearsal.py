@@ -6,7 +6,7 @@ The GPU goal (64 streams of 1080p30 held at real time, p95 < 150 ms) fails on th
 as on the device: every frame costs Python work (demux, Annex B, postprocess, tracking, events,
 the runtime's hops), 64 decoder threads and the batching nodes share one GIL, and the event loop
 must keep 1,920 frames a second moving. A rehearsal runs the benchmark's own graph (same nodes,
-queues, batching, workers, processes; loadtests/gpu_bench.py's `graph_yaml`) with only the GPU's
+queues, batching, workers, processes; loadtests/bench_graph.py's `graph_yaml`) with only the GPU's
 work replaced:
 
 - `rehearsal.decode` is `decode.nvdec` (per-stream threads, Annex B rewriting, packet tags, error

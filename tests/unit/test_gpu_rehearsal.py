@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from loadtests import gpu_bench
+from loadtests import bench_graph
 from loadtests.gpu_rehearsal import (
     OUTPUTS_ENV,
     SUBSTITUTES,
@@ -74,7 +74,7 @@ def test_the_rehearsal_graph_is_the_bench_graph_with_its_gpu_operators_swapped()
     from engine.plan import build_plan
     from engine.yamlsource import load_text
 
-    real = gpu_bench.graph_yaml(Path("/tmp/clip.mp4"), [0, 1], "native")
+    real = bench_graph.graph_yaml(Path("/tmp/clip.mp4"), [0, 1], "native")
     text = rehearsal_yaml(real)
     plan = build_plan(load_text(text, "rehearsal"))  # the stand-ins are registered operators
     ops = {n.spec.id: n.op for n in plan.nodes}
@@ -94,7 +94,7 @@ def test_the_rehearsal_graph_is_the_bench_graph_with_its_gpu_operators_swapped()
 
 
 def test_a_bench_graph_without_a_gpu_operator_is_refused() -> None:
-    real = gpu_bench.graph_yaml(Path("/tmp/clip.mp4"), [0], "native")
+    real = bench_graph.graph_yaml(Path("/tmp/clip.mp4"), [0], "native")
     with pytest.raises(ValueError, match=r"infer\.torch"):
         rehearsal_yaml(real.replace("op: infer.torch", "op: infer.triton"))
 
@@ -133,5 +133,5 @@ def test_bench_auto_processes_take_about_16_streams_each_within_half_the_cores(
     from engine import shards
 
     monkeypatch.setattr(shards, "cpu_count", lambda: cores)
-    assert gpu_bench.processes_for("auto", streams) == expected
-    assert gpu_bench.processes_for("3", streams) == 3
+    assert bench_graph.processes_for("auto", streams) == expected
+    assert bench_graph.processes_for("3", streams) == 3

@@ -134,16 +134,16 @@ def test_the_gpu_bench_graphs_validate(monkeypatch: pytest.MonkeyPatch, infer: s
     so a typo costs no GPU minutes; triton mode serves the TorchScript model through CUDA shm."""
     from engine.plan import build_plan
     from engine.yamlsource import load_text
-    from loadtests import gpu_bench
+    from loadtests import bench_graph
 
-    monkeypatch.setenv(gpu_bench.INFER_ENV, infer)
-    monkeypatch.setenv(gpu_bench.TRITON_URL_ENV, "127.0.0.1:18001")
-    plan = build_plan(load_text(gpu_bench.graph_yaml(Path("/tmp/clip.mp4"), [0, 1, 2], "native"), "bench"))
+    monkeypatch.setenv(bench_graph.INFER_ENV, infer)
+    monkeypatch.setenv(bench_graph.TRITON_URL_ENV, "127.0.0.1:18001")
+    plan = build_plan(load_text(bench_graph.graph_yaml(Path("/tmp/clip.mp4"), [0, 1, 2], "native"), "bench"))
     detect = next(n for n in plan.nodes if n.spec.id == "detect")
     assert detect.op == f"infer.{infer}"
     config = detect.spec.config
     if infer == "triton":
-        assert config["model"] == gpu_bench.TRITON_MODEL
+        assert config["model"] == bench_graph.TRITON_MODEL
         assert config["shared_memory"] == "cuda"
         assert config["url"] == "127.0.0.1:18001"
     else:
