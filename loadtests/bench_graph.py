@@ -51,24 +51,19 @@ def detect_node(streams: int) -> str:
     delay_ms = detect_delay_ms(streams)
     if os.environ.get(INFER_ENV, "torch") == "triton":
         url = os.environ.get(TRITON_URL_ENV, "")
-        return f"""\
-  - id: detect
-    op: infer.triton
-    inputs: [pre]
-    batch: {{max_batch: 32, max_delay_ms: {delay_ms}}}
-    workers: 4
-    queue: {{size: 256, policy: latency, budget_ms: 500}}
-    config: {{url: "{url}", model: {TRITON_MODEL}, shared_memory: cuda, timeout_s: 10}}
-"""
-    graphs = os.environ.get(GRAPHS_ENV, "true")
+        op, workers = "infer.triton", 4
+        config = f'url: "{url}", model: {TRITON_MODEL}, shared_memory: cuda, timeout_s: 10'
+    else:
+        op, workers = "infer.torch", 2
+        config = f"device: cuda, fp16: true, max_batch: 32, cuda_graphs: {os.environ.get(GRAPHS_ENV, 'true')}"
     return f"""\
   - id: detect
-    op: infer.torch
+    op: {op}
     inputs: [pre]
     batch: {{max_batch: 32, max_delay_ms: {delay_ms}}}
-    workers: 2
+    workers: {workers}
     queue: {{size: 256, policy: latency, budget_ms: 500}}
-    config: {{device: cuda, fp16: true, max_batch: 32, cuda_graphs: {graphs}}}
+    config: {{{config}}}
 """
 
 

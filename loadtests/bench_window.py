@@ -4,6 +4,8 @@ latency between two snapshots, and probes of GIL and event-loop starvation."""
 from __future__ import annotations
 
 import asyncio
+import os
+import re
 import statistics
 import threading
 import time
@@ -115,9 +117,6 @@ class Starvation:
 def thread_cpu_s() -> dict[str, float]:
     """CPU seconds (user + system) each group of this process's threads has used so far, by
     thread name without its numbers (Linux /proc; {} elsewhere). Threads that ended are gone."""
-    import os
-    import re
-
     tick_s = 1 / os.sysconf("SC_CLK_TCK")
     names = {t.native_id: t.name for t in threading.enumerate()}  # the OS knows them all as python
     out: dict[str, float] = {}

@@ -200,10 +200,12 @@ def main() -> int:
         from loadtests import gpu_rehearsal
 
         t1 = time.monotonic()
+        times = gpu_rehearsal.SimTimes.from_env()
         recording = gpu_rehearsal.record_outputs(clip, args.clip_dir / "bench_centerface_outputs.npz")
         os.environ[gpu_rehearsal.OUTPUTS_ENV] = str(recording)  # spawned graph processes read it too
         report["rehearsal"] = {
-            "simulated_times_us": gpu_rehearsal.SimTimes.from_env().as_dict(),
+            "simulated_times_us": times.as_dict(),
+            "ceiling_fps": round(1e6 / times.decode_us, 1),  # the simulated NVDEC, at any stream count
             "recorded_outputs": str(recording),
             "record_s": round(time.monotonic() - t1, 1),
             "what": "the GPU graph, its GPU work simulated (loadtests/gpu_rehearsal.py): host-side figures",
@@ -278,10 +280,8 @@ def measure(
     ceiling: dict[int, dict[str, Any]] = {}
     earlier = earlier_ceiling(args.ceiling_from)
     for n in counts:
-        if args.rehearse:  # the simulated NVDEC's rate, whatever the stream count
-            from loadtests.gpu_rehearsal import SimTimes
-
-            ceiling[n] = {"fps": round(1e6 / SimTimes.from_env().decode_us, 1), "simulated": True}
+        if args.rehearse:
+            ceiling[n] = {"fps": report["rehearsal"]["ceiling_fps"], "simulated": True}
             continue
         if str(n) in earlier:  # measured by an earlier run on this machine (same clip)
             ceiling[n] = {**earlier[str(n)], "from": str(args.ceiling_from)}
