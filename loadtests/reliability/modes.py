@@ -251,6 +251,30 @@ async def _camera_stall(rig: Rig, session: Session, stall_s: float) -> Fault:
     return Fault("camera_stall", round(start, 2), round(session.now(), 2), ["stall0"], f"SIGSTOP {stall_s} s")
 
 
+async def _held_still(count: Any, still_s: float) -> int:
+    """Wait until `count()` has not changed for `still_s`; its value then."""
+    last, still_since = count(), time.monotonic()
+    while time.monotonic() - still_since < still_s:
+        await asyncio.sleep(0.05)
+        if count() != last:
+            last, still_since = count(), time.monotonic()
+    return int(last)
+
+
+async def _caught_up_while_frozen(acked: Any, reader: Any) -> bool:
+    """With the broker frozen: has the consumer read every event the sink had acknowledged?
+
+    A frozen broker acknowledges nothing new, but acknowledgements it sent just before are
+    counted by the sink's publisher thread a little later, and later still on a loaded machine
+    (a CI run once counted 4 more after 0.5 s of stillness and lost them in the kill). So the count
+    must hold still for 1 s, the consumer must have it, and it must still hold 0.5 s later.
+    """
+    held = await _held_still(acked, 1.0)
+    if reader.unique < held:
+        return False
+    return await _held_still(acked, 0.5) == held
+
+
 async def _broker_down(
     rig: Rig, session: Session, affected: list[str], outage_s: float, short: bool
 ) -> Fault:
@@ -278,14 +302,7 @@ async def _broker_down(
             await asyncio.sleep(0.01)
         start = session.now()
         rig.broker.pause()
-        # a frozen broker acknowledges nothing new, but acknowledgements it sent just before are
-        # counted by the sink's publisher thread a little later: wait until the count holds still
-        last, still_since = acked(), time.monotonic()
-        while time.monotonic() - still_since < 0.5:
-            await asyncio.sleep(0.05)
-            if acked() != last:
-                last, still_since = acked(), time.monotonic()
-        if reader.unique >= acked():
+        if await _caught_up_while_frozen(acked, reader):
             break
         rig.broker.resume()
         await asyncio.sleep(0.2)
