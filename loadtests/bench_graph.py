@@ -19,9 +19,12 @@ from engine.runtime import RunOptions, Runtime
 from engine.yamlsource import load_text
 from loadtests.bench_window import (
     FPS,
+    Stages,
     Starvation,
     cores_by_thread,
+    merge_stage_raw,
     snapshot,
+    stage_figures,
     summarize_window,
     thread_cpu_s,
     window,
@@ -147,10 +150,13 @@ async def run_graph_for(
         result["first_frame_s"] = round(time.monotonic() - started, 2)
         await asyncio.sleep(warmup)
         a, cpu0, threads0 = snapshot(runtime.metrics), time.process_time(), thread_cpu_s()
-        with Starvation() as starved, StackSampler(SAMPLE_S) as sampler:
+        with Starvation() as starved, StackSampler(SAMPLE_S) as sampler, Stages(runtime.metrics) as stages:
             await asyncio.sleep(max(1.0, seconds - warmup))
         b, cpu1, threads1 = snapshot(runtime.metrics), time.process_time(), thread_cpu_s()
         result.update(window(runtime.metrics, a, b))
+        result["_raw"]["stages"] = stages.raw()
+        # per node, within the window (the summary's "nodes" cover the whole run, start-up included)
+        result["stages_ms"] = stage_figures(result["_raw"]["stages"])
         result["cpu_cores_used"] = round((cpu1 - cpu0) / (b["t"] - a["t"]), 2)  # ~1: GIL-bound
         result["cpu_cores_by_thread"] = cores_by_thread(threads0, threads1, b["t"] - a["t"])
         result["starvation_ms"] = starved.figures()
@@ -261,6 +267,7 @@ def run_graph_processes(
         [sid for p in ok for sid in p["_raw"]["held"]],
     )
     merged["processes"] = len(shares)
+    merged["stages_ms"] = stage_figures(merge_stage_raw([p["_raw"]["stages"] for p in ok]))
     merged["starvation_ms_worst_process"] = {
         probe: max(
             (p["starvation_ms"][probe] for p in ok if "starvation_ms" in p),

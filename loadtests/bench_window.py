@@ -140,3 +140,69 @@ def cores_by_thread(a: dict[str, float], b: dict[str, float], span_s: float) -> 
     """Cores each thread group used between two `thread_cpu_s` readings, busiest first."""
     used = {k: (v - a.get(k, 0.0)) / span_s for k, v in b.items()}
     return {k: round(v, 3) for k, v in sorted(used.items(), key=lambda kv: -kv[1]) if v >= 0.005}
+
+
+class _Both(LatencySamples):
+    """A node's own latency samples, also copied into a measuring window's."""
+
+    def __init__(self, whole: LatencySamples, window: LatencySamples) -> None:
+        super().__init__(whole.cap)
+        self.whole = whole
+        self.window = window
+
+    def add(self, value_ms: float) -> None:
+        self.whole.add(value_ms)
+        self.window.add(value_ms)
+
+
+class Stages:
+    """Each node's queue wait and work within a measuring window (a node's own figures cover the
+    whole run, start-up included): `with Stages(metrics) as stages: ...`, then `stages.figures()`.
+    `raw` keeps up to `keep` samples per figure, to merge windows over processes."""
+
+    FIGURES = ("queue_wait", "work")
+
+    def __init__(self, metrics: Metrics, keep: int = 5000) -> None:
+        self.metrics = metrics
+        self.samples: dict[str, dict[str, LatencySamples]] = {}
+        self.keep = keep
+
+    def __enter__(self) -> Stages:
+        for nid, node in self.metrics.nodes.items():  # sources too: stage_figures leaves them out
+            self.samples[nid] = {}
+            for name in self.FIGURES:
+                own = getattr(node, name)
+                self.samples[nid][name] = window = LatencySamples(self.keep)
+                setattr(node, name, _Both(own, window))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for nid in self.samples:
+            node = self.metrics.nodes[nid]
+            for name in self.FIGURES:
+                both = getattr(node, name)
+                if isinstance(both, _Both):
+                    setattr(node, name, both.whole)
+
+    def raw(self) -> dict[str, dict[str, list[float]]]:
+        """The window's samples (a reservoir of `keep` each), by node and figure."""
+        return {nid: {k: list(s.samples) for k, s in figs.items()} for nid, figs in self.samples.items()}
+
+
+def stage_figures(raw: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, Any]]:
+    """p50/p95/p99 of each node's queue wait and work in ms (from `Stages.raw`, or merged)."""
+    return {
+        nid: {f"{k}_ms": LatencySamples().percentiles(v) for k, v in figs.items()}
+        for nid, figs in raw.items()
+        if any(figs.values())
+    }
+
+
+def merge_stage_raw(parts: list[dict[str, dict[str, list[float]]]]) -> dict[str, dict[str, list[float]]]:
+    """Stage samples of several processes' windows, pooled by node and figure."""
+    out: dict[str, dict[str, list[float]]] = {}
+    for part in parts:
+        for nid, figs in part.items():
+            for k, values in figs.items():
+                out.setdefault(nid, {}).setdefault(k, []).extend(values)
+    return out

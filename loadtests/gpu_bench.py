@@ -16,8 +16,8 @@ On the GPU machine it makes one 1080p30 H.264 6 Mb/s clip (10 s) and measures
 --cpu-smoke runs the same plumbing (processes, windows, report) on a machine without a GPU:
 a small clip through decode.pyav -> preprocess.cpu -> sink.jsonl; its figures mean nothing.
 --rehearse runs the GPU graph on a machine without a GPU, its three GPU operators standing in
-for the device with an H100's measured service times (loadtests/gpu_rehearsal.py): its figures
-are the host side's (GIL, event loop, threads), not the GPU's.
+for the device with an H100's (or, --rehearse-gpu h200, an H200's) measured service times
+(loadtests/gpu_rehearsal.py): its figures are the host side's (GIL, event loop, threads), not the GPU's.
 The graph runs in --processes processes (auto: ~16 streams each, at most half the cores), the
 streams dealt out as `framegraph run --processes` does: per-frame Python work holds the GIL,
 so one process cannot feed the GPU at 64 x 30 fps. Every edge has a live-video policy, so
@@ -121,6 +121,12 @@ def main() -> int:
         "on a machine without a GPU",
     )
     p.add_argument(
+        "--rehearse-gpu",
+        choices=["h100", "h200"],
+        default=None,
+        help="--rehearse with this device's measured service times (default: $FG_REHEARSAL_GPU, else h100)",
+    )
+    p.add_argument(
         "--cuda-graphs",
         choices=["true", "false"],
         default="true",
@@ -142,6 +148,8 @@ def main() -> int:
     args = p.parse_args()
     if args.cpu_smoke and args.rehearse:
         p.error("--cpu-smoke and --rehearse are two different runs: choose one")
+    if args.rehearse_gpu and not args.rehearse:
+        p.error("--rehearse-gpu chooses the simulated device of --rehearse: add --rehearse")
     args.mode = "cpu-smoke" if args.cpu_smoke else "rehearse" if args.rehearse else "gpu"
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.export_photo:
@@ -200,10 +208,13 @@ def main() -> int:
         from loadtests import gpu_rehearsal
 
         t1 = time.monotonic()
+        if args.rehearse_gpu:  # spawned graph processes read it too
+            os.environ[gpu_rehearsal.PRESET_ENV] = args.rehearse_gpu
         times = gpu_rehearsal.SimTimes.from_env()
         recording = gpu_rehearsal.record_outputs(clip, args.clip_dir / "bench_centerface_outputs.npz")
         os.environ[gpu_rehearsal.OUTPUTS_ENV] = str(recording)  # spawned graph processes read it too
         report["rehearsal"] = {
+            "simulated_gpu": os.environ.get(gpu_rehearsal.PRESET_ENV) or "h100",
             "simulated_times_us": times.as_dict(),
             "ceiling_fps": round(1e6 / times.decode_us, 1),  # the simulated NVDEC, at any stream count
             "recorded_outputs": str(recording),
@@ -335,6 +346,15 @@ def measure(
                 f"latency {r.get('latency_ms')}, drops {r.get('drops_by_reason')} {r.get('error', '')}",
                 flush=True,
             )
+            if r.get("stages_ms"):  # where the latency goes: p50/p95 queue wait + work per node, ms
+                print(
+                    "  stages p50/p95 ms: "
+                    + ", ".join(
+                        f"{nid} wait {f['queue_wait_ms']['p50']}/{f['queue_wait_ms']['p95']}"
+                        f" work {f['work_ms']['p50']}/{f['work_ms']['p95']}"
+                        for nid, f in r["stages_ms"].items()
+                    )
+                )
             hot = r.get("hot_stacks") or next(
                 (p["hot_stacks"] for p in r.get("per_process", []) if "hot_stacks" in p), None
             )

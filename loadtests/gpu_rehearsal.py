@@ -53,6 +53,7 @@ from operators.gpu_preprocess import TorchPreprocess, placement
 from operators.infer_torch import TorchInfer
 
 TIMES_ENV = "FG_REHEARSAL_TIMES"  # JSON: SimTimes fields to override
+PRESET_ENV = "FG_REHEARSAL_GPU"  # h100 (default) | h200: measured service times of that device
 SHARE_ENV = "FG_REHEARSAL_PROCESSES"  # graph processes sharing the simulated device
 OUTPUTS_ENV = "FG_REHEARSAL_OUTPUTS"  # .npz of CenterFace's recorded outputs, one row per frame
 SUBSTITUTES = {
@@ -77,17 +78,31 @@ class SimTimes:
 
     @classmethod
     def from_env(cls) -> SimTimes:
-        """Defaults, overridden by $FG_REHEARSAL_TIMES; KeyError names an unknown field."""
+        """The preset of $FG_REHEARSAL_GPU (h100 by default), overridden by $FG_REHEARSAL_TIMES;
+        KeyError names an unknown preset or field."""
+        preset = os.environ.get(PRESET_ENV) or "h100"
+        if preset not in PRESETS:
+            raise KeyError(f"{PRESET_ENV}: unknown device {preset!r}; known: {sorted(PRESETS)}")
         raw = json.loads(os.environ.get(TIMES_ENV) or "{}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(raw) - known)
         if unknown:
             raise KeyError(f"{TIMES_ENV}: unknown fields {unknown}; known: {sorted(known)}")
-        return cls(**{k: float(v) for k, v in raw.items()})
+        return cls(**{**PRESETS[preset], **{k: float(v) for k, v in raw.items()}})
 
     def as_dict(self) -> dict[str, float]:
         """The times for a report, to 0.1 µs."""
         return {k: round(v, 1) for k, v in asdict(self).items()}
+
+
+# Measured service times per device (the rest of SimTimes stays at its defaults). H100: this
+# project's gpu_bench run (NVDEC 4,040 fps at 64 streams; CenterFace fp16 2,897 fps at batch 32).
+# H200: ../shared/docs/gpu.md (NVDEC 2,300-2,700 fps at 16-64 streams, taken as 2,500; CenterFace
+# fp16 4,551 fps at batch 32: 32 frames in 7.03 ms = 1.5 ms + 173 µs per frame).
+PRESETS: dict[str, dict[str, float]] = {
+    "h100": {},
+    "h200": {"decode_us": 1e6 / 2500, "model_us_per_frame": (32e6 / 4551 - 1500.0) / 32},
+}
 
 
 class SimGpu:

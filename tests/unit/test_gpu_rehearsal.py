@@ -70,6 +70,22 @@ def test_times_come_from_the_environment_and_unknown_fields_are_named(
         SimTimes.from_env()
 
 
+def test_the_h200_preset_has_its_measured_rates_and_overrides_still_apply(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FG_REHEARSAL_GPU", "h200")
+    h200 = SimTimes.from_env()
+    assert 1e6 / h200.decode_us == pytest.approx(2500)  # NVDEC, ../shared/docs/gpu.md
+    batch32_s = (h200.model_us_fixed + 32 * h200.model_us_per_frame) / 1e6
+    assert 32 / batch32_s == pytest.approx(4551, rel=1e-3)  # CenterFace fp16 at batch 32
+    assert h200.preprocess_host_us == SimTimes().preprocess_host_us  # host estimates unchanged
+    monkeypatch.setenv("FG_REHEARSAL_TIMES", '{"decode_us": 300}')
+    assert SimTimes.from_env().decode_us == 300.0
+    monkeypatch.setenv("FG_REHEARSAL_GPU", "a100")
+    with pytest.raises(KeyError, match="a100"):
+        SimTimes.from_env()
+
+
 def test_the_rehearsal_graph_is_the_bench_graph_with_its_gpu_operators_swapped() -> None:
     from engine.plan import build_plan
     from engine.yamlsource import load_text
