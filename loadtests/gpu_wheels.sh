@@ -14,8 +14,15 @@
 #
 # Not downloaded, because the GPU image already has them: torch, torchvision, numpy, onnx,
 # onnxruntime, opencv-python-headless, pytest, six, wheel, packaging, urllib3, ml-dtypes,
-# cuda-bindings (tritonclient.utils.cuda_shared_memory imports cuda.bindings.driver/runtime).
-# WITH_CUDA_BINDINGS=1 adds cuda-bindings + cuda-pathfinder anyway (8.4 MB).
+# and probably cuda-bindings (tritonclient.utils.cuda_shared_memory imports
+# cuda.bindings.driver/runtime); it is carried anyway (8.4 MB; gpu_check skips it where the image
+# has it): WITH_CUDA_BINDINGS=0 leaves it out.
+# DALI (nvidia-dali-cuda130, 199 MB: 4 more device calls) only with WITH_DALI=1: the benchmark does
+# not use it, its tests skip without it, and a machine left idle 30 s between calls loses what
+# the earlier calls carried. Without DALI the set is ~150 MB: 3 calls made back to back.
+# Also carried (in the last call; the plan says which): the CenterFace ONNX file (gitignored, so
+# the device's copy of the tree lacks it) and .wheels/extras/astronaut.png, the photo the test
+# clips are made from (the GPU image has no scikit-image).
 # grpcio/protobuf ARE downloaded as a fallback: tritonclient 2.73's generated code refuses
 # grpcio < 1.81.1 and protobuf < 6.33.5 at import; install them only if the image's are older.
 # Not downloaded for DALI: nvidia-nvimgcodec-cu13 and nvidia-libnvcomp-cu13 (its image-decoder
@@ -33,9 +40,6 @@ PKGS=(
   # video decode
   pynvvideocodec==2.2.4
   av==19.0.2
-  # DALI and its pure deps (six, packaging, numpy, wheel are in the image)
-  nvidia-dali-cuda130==2.4.0
-  astunparse==1.6.3 gast==0.7.0 optree==0.20.0 nvtx==0.2.16 makefun==1.16.0 libcst==1.9.0
   # Triton client (grpc, grpc.aio, cuda_shared_memory) + server binary
   tritonclient==2.73.0 python-rapidjson==1.25
   grpcio==1.81.1 protobuf==6.33.6
@@ -48,9 +52,14 @@ PKGS=(
   # tests
   pytest-asyncio==1.5.0 pytest-timeout==2.4.0
 )
-if [[ "${WITH_CUDA_BINDINGS:-0}" == 1 ]]; then
+if [[ "${WITH_CUDA_BINDINGS:-1}" == 1 ]]; then
   PKGS+=(cuda-bindings==13.5.0 cuda-pathfinder==1.9.0)
 fi
+if [[ "${WITH_DALI:-0}" == 1 ]]; then  # DALI and its pure deps (six, packaging, numpy, wheel are in the image)
+  PKGS+=(nvidia-dali-cuda130==2.4.0
+    astunparse==1.6.3 gast==0.7.0 optree==0.20.0 nvtx==0.2.16 makefun==1.16.0 libcst==1.9.0)
+fi
+ONNX="triton_models/centerface/1/centerface.onnx"
 
 PIP_FLAGS=(--no-deps --only-binary=:all: --python-version 3.12 --implementation cp --abi cp312)
 # pip matches manylinux_2_N exactly; the GPU machine's glibc is 2.39 (Ubuntu 24.04).
@@ -61,9 +70,22 @@ done
 PIP_FLAGS+=(--platform any)
 
 download() {
-  mkdir -p "$GPU"
+  mkdir -p "$GPU" "$W/extras"
   local py=python3
   command -v "$py" >/dev/null || py=python
+  [[ -x "$ROOT/.venv/bin/python" ]] && py="$ROOT/.venv/bin/python"
+  [[ -f "$ROOT/$ONNX" ]] || "$py" "$ROOT/scripts/setup_models.py" --model centerface
+  [[ -f "$W/extras/astronaut.png" ]] || "$py" "$ROOT/loadtests/gpu_bench.py" --export-photo "$W/extras/astronaut.png"
+  # wheels of packages no longer in the set (DALI from a WITH_DALI=1 download) leave the plan
+  local wanted=" " pkg
+  for pkg in "${PKGS[@]}"; do wanted+="$(echo "${pkg%%==*}" | tr 'A-Z-' 'a-z_') "; done
+  shopt -s nullglob
+  for f in "$GPU"/*.whl; do
+    local base
+    base="$(basename "$f" | cut -d- -f1 | tr 'A-Z-' 'a-z_')"
+    [[ "$wanted" == *" $base "* ]] || { echo "drop $(basename "$f") (not in the set)"; rm -f "$f"; }
+  done
+  shopt -u nullglob
   for pkg in "${PKGS[@]}"; do
     local name="${pkg%%==*}" ver="${pkg##*==}" norm
     norm="$(echo "$name" | tr 'A-Z-' 'a-z_')"
@@ -89,9 +111,10 @@ download() {
 split_and_plan() {
   rm -rf "$W"/chunks "$W"/carry[0-9]*
   mkdir -p "$W/chunks"
-  python3 - "$W" "$CHUNK_MIB" "$GROUP_MIB" "$CALL_MIB" <<'PY'
+  python3 - "$W" "$CHUNK_MIB" "$GROUP_MIB" "$CALL_MIB" "$ROOT" "$ONNX" <<'PY'
 import hashlib, os, shutil, subprocess, sys
-W, chunk, group, call = sys.argv[1], *(int(x) * 2**20 for x in sys.argv[2:])
+W, chunk, group, call = sys.argv[1], *(int(x) * 2**20 for x in sys.argv[2:5])
+root, onnx = sys.argv[5], sys.argv[6]
 gpu = os.path.join(W, "gpu")
 def sha(p):
     h = hashlib.sha256()
@@ -132,14 +155,19 @@ for i, (size, ws) in enumerate(groups, 1):
         except OSError:
             shutil.copy2(os.path.join(gpu, w), os.path.join(d, w))
     items.append((size, f".wheels/carry{i}", f"{len(ws)} wheels: " + ", ".join(x.split("-")[0] for x in ws)))
+# the model file and the photo travel in the call that runs gpu_check: the last one
+extras = [os.path.join(W, "extras", x) for x in sorted(os.listdir(os.path.join(W, "extras")))]
+last = (sum(os.path.getsize(p) for p in [os.path.join(root, onnx), *extras]),
+        f"{onnx} .wheels/extras", "the CenterFace model + " + ", ".join(map(os.path.basename, extras)))
 # first-fit decreasing: items into device calls of at most CALL_MIB
 calls = []
-for it in sorted(items, key=lambda t: -t[0]):
+for it in sorted(items + [last], key=lambda t: -t[0]):
     for c in calls:
         if c[0] + it[0] <= call:
             c[0] += it[0]; c[1].append(it); break
     else:
         calls.append([it[0], [it]])
+calls.sort(key=lambda c: last in c[1])  # the call with the model file goes last
 with open(os.path.join(W, "SHA256SUMS"), "w") as f:
     f.write("\n".join(sums) + "\n")
 with open(os.path.join(W, "chunks", "SHA256SUMS"), "w") as f:
@@ -149,7 +177,9 @@ out = [f"{len(wheels)} wheels, {total / 1e6:.1f} MB ({mib(total).strip()}) in to
        f"{len(calls)} device calls of <= {call // 2**20} MiB each.", "", "wheels:"]
 out += [f"  {mib(s)}  {w}" for s, w in sorted(wheels, reverse=True)]
 out += ["", "plan (carry also .wheels/SHA256SUMS and .wheels/chunks/SHA256SUMS, a few KB, in every call;"
-        " run `bash loadtests/gpu_wheels.sh stash` in each call, `assemble` in the last):"]
+        " run `bash loadtests/gpu_wheels.sh stash` in each call, `assemble` in the last, then"
+        " `bash loadtests/gpu_check.sh /tmp/fg-wheels $OUT`; make the calls back to back: a machine idle"
+        " for 30 s is given back, and what earlier calls carried is lost with it):"]
 for i, (size, its) in enumerate(calls, 1):
     out.append(f"  call {i} ({mib(size).strip()}): carry " + " ".join(p for _, p, _ in its))
     out += [f"      {mib(s)}  {p}  [{d}]" for s, p, d in its]
@@ -168,6 +198,7 @@ stash() {
   local f
   for f in "$W"/carry[0-9]*/*.whl; do cp -n "$f" "$dest/"; done
   for f in "$W"/chunks/*.part[0-9]*; do cp -n "$f" "$dest/parts/"; done
+  for f in "$W"/extras/*; do cp -n "$f" "$dest/"; done  # astronaut.png: gpu_check looks in DIR
   [[ -f "$W/SHA256SUMS" ]] && cp "$W/SHA256SUMS" "$dest/SHA256SUMS"
   [[ -f "$W/chunks/SHA256SUMS" ]] && cp "$W/chunks/SHA256SUMS" "$dest/parts/SHA256SUMS"
   shopt -u nullglob
