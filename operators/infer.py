@@ -34,6 +34,7 @@ from operators.triton_shm import (
     Slot,
     SlotPool,
     SystemRegion,
+    cuda_shm_errors,
     cuda_shm_reason,
     device_index,
     dtype_name,
@@ -272,6 +273,7 @@ class TritonInfer(Operator[TritonConfig]):
         from tritonclient.utils import InferenceServerException
 
         first, n = tensors[0], len(tensors)
+        cuda_errors = cuda_shm_errors() if is_cuda(first) else ()
         item_shape, dtype = tuple(int(d) for d in first.shape), dtype_name(first)
         if dtype not in NP_TO_TRITON:
             raise OperatorError(f"node {self.ctx.node_id}: tensors of {dtype} cannot go to Triton")
@@ -310,6 +312,8 @@ class TritonInfer(Operator[TritonConfig]):
             if slot is not None and all(a is not None and a.shape[0] == n for a in arrays.values()):
                 self.layouts[key] = OutputLayout.from_result(arrays, self.max_batch)
             return arrays
+        except cuda_errors as e:  # cudaMalloc or the device-to-device copy of a CUDA region
+            raise InferenceUnavailable(f"{self.config.model}: CUDA shared memory: {e}") from e
         except InferenceServerException as e:
             if offsets:  # outputs may have changed shape: learn them again from a plain reply
                 self.layouts.pop(key, None)

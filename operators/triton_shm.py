@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -133,6 +134,18 @@ class SystemRegion:
         shm.destroy_shared_memory_region(self.handle)
 
 
+_CUDA_WRITE_LOCK = threading.Lock()
+
+
+def cuda_shm_errors() -> tuple[type[Exception], ...]:
+    """tritonclient's CUDA shared-memory exception type, where it imports (() elsewhere)."""
+    try:
+        from tritonclient.utils.cuda_shared_memory import CudaSharedMemoryException
+    except Exception:
+        return ()
+    return (CudaSharedMemoryException,)
+
+
 class CudaRegion:
     """A CUDA shared-memory region (cudaMalloc + IPC handle) on the GPU the input tensors are on."""
 
@@ -149,7 +162,10 @@ class CudaRegion:
         """Copy a contiguous CUDA (or host) tensor into the region through DLPack."""
         import tritonclient.utils.cuda_shared_memory as cudashm
 
-        cudashm.set_shared_memory_region_from_dlpack(self.handle, [tensor])
+        # one writer at a time: tritonclient creates its per-device copy stream on first use
+        # without a lock, and a second thread's stream replacing the first destroys it mid-copy
+        with _CUDA_WRITE_LOCK:
+            cudashm.set_shared_memory_region_from_dlpack(self.handle, [tensor])
 
     async def register(self, client: Any, timeout_s: float) -> None:
         import tritonclient.utils.cuda_shared_memory as cudashm

@@ -264,3 +264,56 @@ async def test_a_server_that_never_answers_an_unregister_cannot_hang_the_node() 
     for slot in op.pool.slots:  # type: ignore[union-attr]
         for region in slot.regions():
             region.destroy()  # freed here: this server would not answer an unregister
+
+
+class FakeCudaShmError(Exception):
+    """Stands in for tritonclient's CudaSharedMemoryException (cudaMalloc, the device copy)."""
+
+
+async def test_a_failed_cuda_copy_degrades_the_batch_instead_of_dropping_it(
+    fake_gpu: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def failing_copy(region: Any, tensors: list[Any]) -> None:
+        raise FakeCudaShmError("cudaMemcpyAsync failed: invalid resource handle")
+
+    monkeypatch.setattr(infer_mod, "cuda_shm_errors", lambda: (FakeCudaShmError,))
+    monkeypatch.setattr(infer_mod, "_write_cuda", failing_copy)
+    client = FakeClient()
+    op = operator("cuda", client)
+    batch = frames(2)
+    out = await op.process_batch(batch)
+    assert len(out) == 2  # handed on (degraded: redaction covers them whole), not dropped
+    assert op.ctx.metrics.events["degraded_frames"] == 2
+    assert all(f.outputs is None and "inference_unavailable" in f.degraded for f in batch)
+    await op.pool.close(client)  # type: ignore[union-attr]
+
+
+def test_cuda_region_writes_never_overlap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """tritonclient makes its copy stream on first use without a lock: writes go one at a time."""
+    import sys
+    import threading
+    import time
+    import types
+
+    active, most = [0], [0]
+    guard = threading.Lock()
+
+    def copy(handle: Any, tensors: list[Any]) -> None:
+        with guard:
+            active[0] += 1
+            most[0] = max(most[0], active[0])
+        time.sleep(0.01)
+        with guard:
+            active[0] -= 1
+
+    fake = types.ModuleType("tritonclient.utils.cuda_shared_memory")
+    fake.create_shared_memory_region = lambda name, size, device_id: object()  # type: ignore[attr-defined]
+    fake.set_shared_memory_region_from_dlpack = copy  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "tritonclient.utils.cuda_shared_memory", fake)
+    regions = [shm_mod.CudaRegion(f"r{i}", 64, 0) for i in range(4)]
+    threads = [threading.Thread(target=r.write, args=(np.zeros(4),)) for r in regions]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert most[0] == 1
