@@ -247,7 +247,12 @@ def run_graph_processes(
                 pool.submit(run_graph_sync, clip, ids, seconds, warmup, latency, out_dir / f"p{i}", mode)
                 for i, ids in enumerate(shares)
             ]
-            parts = [f.result() for f in futures]
+            parts: list[dict[str, Any]] = []
+            for i, f in enumerate(futures):  # one process failing keeps the others' figures
+                try:
+                    parts.append(f.result())
+                except Exception as e:  # setup error, no first frame, a crashed process
+                    parts.append({"error": f"process {i}: {type(e).__name__}: {e}"})
     finally:
         if share_env:
             os.environ.pop(share_env, None)

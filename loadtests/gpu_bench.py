@@ -4,7 +4,8 @@
                                   [--ceiling-seconds 8] [--budget-s 320]
     python loadtests/gpu_bench.py --export-photo astronaut.png   (where scikit-image is)
 
-On the GPU machine it makes one 1080p30 H.264 6 Mb/s clip (10 s) and measures
+On the GPU machine it makes one 1080p30 H.264 6 Mb/s clip (--seconds + 5 s, at least 10 s: no
+source loops inside a run) and measures
 (a) the ceiling: N threads, each demuxing the clip with PyAV, rewriting it to Annex B and
     decoding it on its own PyNvVideoCodec decoder as fast as it goes, for --ceiling-seconds;
 (b) the graph: N looped, real-time file sources -> decode.nvdec (a thread per stream, <= 16 lanes) ->
@@ -34,6 +35,7 @@ import argparse
 import gc
 import json
 import logging
+import math
 import os
 import shutil
 import sys
@@ -173,7 +175,10 @@ def main() -> int:
         print(report["error"], file=sys.stderr)
         return 1
     counts = [int(x) for x in args.streams.split(",") if x.strip()]
-    clip = args.clip_dir / "bench_1080p30_6mbps_10s.mp4"
+    # longer than a run: a looping file source resets every decoder of a process at once (a new
+    # NVDEC session each, ~0.3 s), which real cameras never do; the window must not measure it
+    clip_s = max(10, math.ceil(args.seconds) + 5)
+    clip = args.clip_dir / f"bench_1080p30_6mbps_{clip_s}s.mp4"
     t0 = time.monotonic()
     if args.cpu_smoke:
         clip = args.clip_dir / "smoke_360p30_2s.mp4"
@@ -184,12 +189,12 @@ def main() -> int:
         if args.cpu_smoke:
             samples.make_clip(clip, 640, 360, fps=FPS, seconds=2)
         else:
-            samples.make_clip(clip, 1920, 1080, fps=FPS, seconds=10, bitrate=6_000_000)
+            samples.make_clip(clip, 1920, 1080, fps=FPS, seconds=clip_s, bitrate=6_000_000)
     report["clip"] = {
         "path": str(clip),
         "spec": "640x360 30 fps H.264 2 s (cpu smoke)"
         if args.cpu_smoke
-        else "1920x1080 30 fps H.264 6 Mb/s 10 s",
+        else f"1920x1080 30 fps H.264 6 Mb/s {clip_s} s",
         "make_s": round(time.monotonic() - t0, 1),
     }
     latency = args.latency
@@ -211,7 +216,7 @@ def main() -> int:
         if args.rehearse_gpu:  # spawned graph processes read it too
             os.environ[gpu_rehearsal.PRESET_ENV] = args.rehearse_gpu
         times = gpu_rehearsal.SimTimes.from_env()
-        recording = gpu_rehearsal.record_outputs(clip, args.clip_dir / "bench_centerface_outputs.npz")
+        recording = gpu_rehearsal.record_outputs(clip, args.clip_dir / f"{clip.stem}_centerface.npz")
         os.environ[gpu_rehearsal.OUTPUTS_ENV] = str(recording)  # spawned graph processes read it too
         report["rehearsal"] = {
             "simulated_gpu": os.environ.get(gpu_rehearsal.PRESET_ENV) or "h100",

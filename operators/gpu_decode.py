@@ -174,15 +174,24 @@ class DecoderBackend(Protocol):
     def open(self, codec: str) -> DecoderSession: ...
 
 
+_PRIMARY_CONTEXTS: dict[int, int] = {}  # gpu id -> handle: fixed for the life of the process
+
+
 def primary_context(torch: Any, gpu_id: int) -> int:
-    """The handle of the device's primary CUDA context (torch's), made current on this thread."""
+    """The handle of the device's primary CUDA context (torch's), made current on this thread.
+
+    The device-wide synchronize that initialises it runs once per GPU: a file that loops or a
+    camera that reconnects opens a new session, and a sync per session stalled every stream."""
     torch.cuda.set_device(gpu_id)
+    if gpu_id in _PRIMARY_CONTEXTS:
+        return _PRIMARY_CONTEXTS[gpu_id]
     torch.cuda.synchronize(gpu_id)  # initialises the primary context if nothing has yet
     lib = ctypes.CDLL("libcuda.so.1")
     ctx = ctypes.c_void_p()
     rc = lib.cuCtxGetCurrent(ctypes.byref(ctx))
     if rc != 0 or not ctx.value:
         raise OperatorError(f"decode.nvdec: no CUDA context current on GPU {gpu_id} (cuCtxGetCurrent: {rc})")
+    _PRIMARY_CONTEXTS[gpu_id] = int(ctx.value)
     return int(ctx.value)
 
 
@@ -306,6 +315,7 @@ class _StreamDecoder:
         self.need_keyframe = False  # the decoder was replaced: skip packets until a keyframe
         self.skipped = 0
         self.suspect: set[int] = set()
+        self.error_kinds: set[str] = set()  # exception types logged at warning level once
 
     def decode(self, packet: Packet | None) -> tuple[list[Frame], int]:
         """Frames the packet completes (None flushes) and how many suspect frames were dropped."""
@@ -322,6 +332,9 @@ class _StreamDecoder:
             if self.broken and not packet.keyframe:
                 self.suspect.add(key)
             ready = self.session.decode(payload, key)
+        except OperatorError:  # the set-up is wrong (e.g. a surface that is not RGB): not the data
+            self.pending.pop(key, None)
+            raise
         except Exception as e:  # undecodable data; the decoder may also be wedged
             self._failed(key, e)
             return [], 0
@@ -336,7 +349,17 @@ class _StreamDecoder:
         self.corrupt_packets += 1
         self.errors_in_row += 1
         self.broken = True
-        log.debug("%s: undecodable packet: %s", self.info.stream_id, error)
+        kind = type(error).__name__
+        if kind not in self.error_kinds:  # the first of each kind is worth a warning: a CUDA error
+            self.error_kinds.add(kind)  # (out of memory, illegal address) looks the same from here
+            log.warning(
+                "%s: decode failed (%s: %s); counted as a corrupt packet (more like it at debug level)",
+                self.info.stream_id,
+                kind,
+                error,
+            )
+        else:
+            log.debug("%s: undecodable packet: %s", self.info.stream_id, error)
         if self.errors_in_row >= MAX_ERRORS_IN_ROW:
             log.warning(
                 "%s: %d undecodable packets in a row (%s); starting a new decoder",

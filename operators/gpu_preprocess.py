@@ -242,6 +242,8 @@ class DaliPreprocess(Operator[PreprocessConfig]):
             pipe.feed_input("frames", tensors, layout="HWC")
             (out,) = pipe.run()
             result = t.torch.from_dlpack(out.as_tensor()).clone()  # DALI reuses its buffers
+            # the clone is only queued: finish it before the lock lets another run overwrite them
+            t.torch.cuda.current_stream().synchronize()
             t.keep_alive(tensors)
             return result
 

@@ -16,7 +16,7 @@ import pytest
 from pydantic import ValidationError
 
 from engine import device
-from engine.errors import FramegraphError, GraphConfigError
+from engine.errors import FramegraphError, GraphConfigError, OperatorError
 from engine.frame import Frame
 from engine.samples import scene
 from engine.testing import plan_from_yaml, run_graph
@@ -403,6 +403,67 @@ async def test_a_wedged_decoder_is_replaced(small_h264: Path, monkeypatch: pytes
         assert drops == {"corrupt_packet": 8, "awaiting_keyframe": 20}
         assert len(got[sid]) == 2 + 30
         assert [f.seq for f in got[sid]] == list(range(32))
+
+
+async def test_the_first_decode_failure_of_a_kind_is_a_warning(
+    small_h264: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A CUDA error looks like a corrupt packet from here: the first of each kind is not hidden."""
+    backend = PyAVBackend(fail_keys={5, 40})
+    monkeypatch.setattr(gpu_decode, "load_backend", lambda config: backend)
+    with caplog.at_level("DEBUG", logger=gpu_decode.log.name):
+        await collect(decode_graph(small_h264, "decode.nvdec"))
+    warned = [r for r in caplog.records if r.levelname == "WARNING" and "decode failed" in r.getMessage()]
+    assert sorted(r.getMessage().split(":")[0] for r in warned) == ["cam0", "cam1"]  # once per stream
+    assert "RuntimeError: cuvidParseVideoData failed for 5" in warned[0].getMessage()
+
+
+async def test_a_set_up_error_in_the_decoder_is_a_node_error_not_a_corrupt_packet(
+    small_h264: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class NotRgbSession(PyAVSession):
+        def decode(self, payload: bytes, key: int) -> list[tuple[int | None, Any]]:
+            raise OperatorError("decode.nvdec: the decoder returned a (1080, 1920) surface, not RGB")
+
+    class NotRgbBackend(PyAVBackend):
+        def open(self, codec: str) -> PyAVSession:
+            self.opened += 1
+            return NotRgbSession(codec, set())
+
+    backend = NotRgbBackend()
+    monkeypatch.setattr(gpu_decode, "load_backend", lambda config: backend)
+    _, summary = await collect(decode_graph(small_h264, "decode.nvdec"))
+    node = summary["nodes"]["decode"]
+    assert node["errors"] > 0
+    assert "corrupt_packet" not in node["dropped_by_reason"]
+    assert backend.opened == 2  # not replaced as a wedged decoder: replacing it cannot help
+
+
+def test_the_primary_context_is_synchronised_once_not_per_new_decoder(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A looping file or a reconnecting camera opens a new session: no device-wide sync for it."""
+    import ctypes
+    import types
+
+    calls: list[str] = []
+    cuda = types.SimpleNamespace(
+        set_device=lambda gpu: calls.append(f"set_device {gpu}"),
+        synchronize=lambda gpu: calls.append(f"synchronize {gpu}"),
+    )
+    fake_torch = types.SimpleNamespace(cuda=cuda)
+
+    class FakeLibCuda:
+        def cuCtxGetCurrent(self, ref: Any) -> int:
+            ref._obj.value = 0xC0FFEE
+            return 0
+
+    monkeypatch.setattr(gpu_decode, "_PRIMARY_CONTEXTS", {})
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: FakeLibCuda())
+    handles = [gpu_decode.primary_context(fake_torch, 0) for _ in range(3)]
+    assert handles == [0xC0FFEE] * 3
+    assert calls.count("synchronize 0") == 1
+    assert calls.count("set_device 0") == 3  # still made current on every decoder's thread
 
 
 async def test_nvdec_setup_without_gpu_names_what_is_missing(small_h264: Path) -> None:
