@@ -197,5 +197,7 @@ if grep -q "Failed to allocate memory from CUDA memory pool" "$OUT/triton_server
   summary "WARN: Triton's CUDA memory pool overflowed (a slower path): raise --cuda-memory-pool-byte-size"
 fi
 nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1
+step "figures (loadtests/bench_digest.py)"
+"$PY" loadtests/bench_digest.py "$OUT"/bench-*/gpu_bench.json 2>&1 | tee -a "$OUT/summary.txt"
 summary "total: $(($(date +%s) - START)) s"
 exit 0
