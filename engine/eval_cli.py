@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import FramegraphError, GraphConfigError
+from engine.golden_set import EvalInputError
 
 EXIT_FAILED = 1
 EXIT_INVALID = 2
@@ -74,6 +75,21 @@ def print_report(r: dict[str, Any]) -> None:
     )
 
 
+def read_baseline(path: Path) -> dict[str, Any]:
+    """An earlier report to compare with; EvalInputError naming the file when it is not one."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError as e:
+        raise EvalInputError(f"baseline {path}: not found") from e
+    except OSError as e:
+        raise EvalInputError(f"baseline {path}: cannot be read: {e.strerror or e}") from e
+    except ValueError as e:
+        raise EvalInputError(f"baseline {path}: not JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise EvalInputError(f"baseline {path}: not an eval report (a JSON object)")
+    return data
+
+
 def command(args: argparse.Namespace) -> int:
     """Run the eval, write and print the report, compare and gate; the exit status."""
     from engine.cli import run_async
@@ -90,7 +106,7 @@ def command(args: argparse.Namespace) -> int:
     try:
         plan = load_plan(args.graph, args.overrides)
         gate = load_gate(args.golden, args.max_drop, args.max_rise)
-        baseline = json.loads(args.baseline.read_text()) if args.baseline else None
+        baseline = read_baseline(args.baseline) if args.baseline else None
         leak = LeakConfig(threshold=args.leak_threshold)
     except GraphConfigError as e:
         print(f"invalid graph:\n{e}", file=sys.stderr)
@@ -112,6 +128,9 @@ def command(args: argparse.Namespace) -> int:
         )
         if baseline is not None:
             report["gate"] = compare(report, baseline, gate)
+    except EvalInputError as e:  # the golden set, the graph or an option: not a failed run
+        print(f"eval: {e}", file=sys.stderr)
+        return EXIT_INVALID
     except FramegraphError as e:
         print(f"eval failed: {e}", file=sys.stderr)
         return EXIT_FAILED

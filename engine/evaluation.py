@@ -26,7 +26,14 @@ from pydantic import Field
 from engine.errors import FramegraphError
 from engine.eval_metrics import Prediction, score_detections, score_leaks
 from engine.frame import Frame, Item
-from engine.golden_set import GoldenSet, annotations_path, file_sha256, image_path, load_golden_set
+from engine.golden_set import (
+    EvalInputError,
+    GoldenSet,
+    annotations_path,
+    file_sha256,
+    image_path,
+    load_golden_set,
+)
 from engine.plan import Edge, GraphPlan, NodePlan, source_plan
 from engine.registry import EmptyConfig, Operator, OperatorContext
 from engine.runtime import RunOptions, Runtime
@@ -141,10 +148,10 @@ def eval_plan(
     scorable = [n.spec.id for n in kept if n.op != "redact" and not n.op.startswith("sink.")]
     if node is None:
         if not scorable:
-            raise FramegraphError("the graph has no node whose detections could be scored")
+            raise EvalInputError("the graph has no node whose detections could be scored")
         node = scorable[-1]
     elif node not in kept_ids:
-        raise FramegraphError(f"--node {node!r}: no such node (or a decoder or sink the eval leaves out)")
+        raise EvalInputError(f"--node {node!r}: no such node (or a decoder or sink the eval leaves out)")
     redact = next((n.spec.id for n in kept if n.op == "redact"), None)
     nodes = list(kept)
     if redact is not None:
@@ -205,7 +212,7 @@ def _rel(path: Path) -> str:
 def _check_images(golden: GoldenSet, location: Path) -> None:
     missing = [im.file_name for im in golden.images if not image_path(location, im).is_file()]
     if missing:
-        raise FramegraphError(f"golden set {location}: {len(missing)} image(s) missing, e.g. {missing[0]}")
+        raise EvalInputError(f"golden set {location}: {len(missing)} image(s) missing, e.g. {missing[0]}")
 
 
 async def evaluate(
@@ -229,7 +236,7 @@ async def evaluate(
     det = runtime.operator(DETECTIONS_NODE)
     assert isinstance(det, DetectionCollector)
     if det.without_detections and det.without_detections == len(det.preds):
-        raise FramegraphError(f"node {ep.node!r} sets no detections: pick the detector's node with --node")
+        raise EvalInputError(f"node {ep.node!r} sets no detections: pick the detector's node with --node")
     ids = [im.id for im in golden.images]
     redaction = None
     if ep.redact is not None:

@@ -121,6 +121,11 @@ class GoldenSet(_Loose):
         return {"images": images, "annotations": anns, "categories": categories}
 
 
+class EvalInputError(FramegraphError):
+    """What eval was given cannot be evaluated (golden set, baseline, graph, options): `framegraph
+    eval` exits 2 for it, not 1 (a run that failed)."""
+
+
 def annotations_path(location: str | Path) -> Path:
     """DIR -> DIR/annotations.json; a path to a .json file is taken as is."""
     path = Path(location)
@@ -128,14 +133,16 @@ def annotations_path(location: str | Path) -> Path:
 
 
 def load_golden_set(location: str | Path) -> GoldenSet:
-    """Read and validate a golden set (directory or annotations file); FramegraphError if invalid."""
+    """Read and validate a golden set (directory or annotations file); EvalInputError if invalid."""
     path = annotations_path(location)
     try:
         return GoldenSet.model_validate(json.loads(path.read_text()))
     except FileNotFoundError as e:
-        raise FramegraphError(f"golden set: {path} not found (make one with scripts/make_golden.py)") from e
+        raise EvalInputError(f"golden set: {path} not found (make one with scripts/make_golden.py)") from e
+    except OSError as e:
+        raise EvalInputError(f"golden set: {path} cannot be read: {e.strerror or e}") from e
     except (ValueError, ValidationError) as e:
-        raise FramegraphError(f"golden set: {path} is invalid: {e}") from e
+        raise EvalInputError(f"golden set: {path} is invalid: {e}") from e
 
 
 def image_path(location: str | Path, image: GoldenImage) -> Path:

@@ -11,6 +11,13 @@ moves to the spool and new records are appended behind it; records that were in 
 not acknowledged are put at the spool's head. The spool is then replayed in order, and once
 every record in it is acknowledged it is compacted and memory is used again. Delivery is
 at least once: a record may reach the broker twice (with the same event id), never not at all.
+
+Each record carries the topic it was published for, in memory and in the spool, and goes to that
+topic even when it is replayed after a restart with another `topic` in the config: events land
+where they were meant to go (a changed topic applies to new events only; the publisher logs once
+per topic that spooled events still go to another one). Spool lines written before the topic was
+recorded (four meta fields) go to the configured topic, and the publisher says so once in a
+log line.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ class Record:
     traceparent: str | None = None
     span: Any = None  # in memory only: the frame's root span, for a delivery span
     offered_ns: int = 0
+    topic: str | None = None  # the topic it is meant for; None: the publisher's (stamped on offer)
 
     def headers(self) -> list[tuple[str, bytes]]:
         out = [("event_id", self.event_id.encode()), ("schema_version", self.schema_version.encode())]
@@ -48,15 +56,19 @@ class Record:
         return out
 
     def to_line(self) -> bytes:
-        """The spool line: {"m": [key, event_id, schema_version, traceparent], "v": <the value>}."""
-        meta = json.dumps([self.key.decode(), self.event_id, self.schema_version, self.traceparent])
+        """The spool line: {"m": [key, event_id, schema_version, traceparent, topic], "v": <the value>}."""
+        meta = json.dumps(
+            [self.key.decode(), self.event_id, self.schema_version, self.traceparent, self.topic]
+        )
         return b'{"m":' + meta.encode() + b',"v":' + self.value + b"}\n"
 
     @classmethod
     def from_line(cls, line: bytes) -> Record:
+        """A spool line back as a record; a line of an older spool (no topic) has topic None."""
         split = line.index(b',"v":')  # the first one: quotes inside the meta strings are escaped
-        key, event_id, version, parent = json.loads(line[5:split])
-        return cls(key.encode(), line[split + 5 : line.rindex(b"}")], event_id, version, parent)
+        key, event_id, version, parent, *rest = json.loads(line[5:split])
+        topic = rest[0] if rest else None
+        return cls(key.encode(), line[split + 5 : line.rindex(b"}")], event_id, version, parent, topic=topic)
 
 
 @dataclass(slots=True)
@@ -83,6 +95,7 @@ class Publisher:
         stall_timeout_s: float,
         backoff_max_s: float,
         describe: Callable[[BaseException], str] = repr,
+        name: str = "kafka",
         on_delivered: Callable[[Record, int], None] | None = None,
     ) -> None:
         self._connect = connect
@@ -93,6 +106,7 @@ class Publisher:
         self._stall_timeout_s = stall_timeout_s
         self._backoff_max_s = backoff_max_s
         self._describe = describe
+        self._name = name  # "kafka HOST:PORT" in the outage messages
         self._on_delivered = on_delivered
         self._lock = threading.Lock()  # guards: _mem, _held, _spooling and spool appends
         self._wake = threading.Event()
@@ -106,6 +120,8 @@ class Publisher:
         self._backoff_s = 0.0
         self._last_ack = time.monotonic()
         self._outage = False  # logged once per outage
+        self._told_untopiced = False  # spooled records without a topic: logged once
+        self._told_topics: set[str] = set()  # spooled records for another topic: logged once each
         self._stop = False
         self._thread = threading.Thread(target=self._run, name=f"kafka-{topic}", daemon=True)
 
@@ -113,6 +129,7 @@ class Publisher:
 
     def offer_nowait(self, records: Sequence[Record]) -> bool:
         """Buffer records in memory; False when they must go to the spool (`offer`, off the loop)."""
+        self._stamp(records)
         if not self._lock.acquire(blocking=False) and not self._lock.acquire(timeout=0.002):
             return False  # held for a disk write: the caller goes through `offer`, off the loop
         try:
@@ -127,6 +144,7 @@ class Publisher:
 
     def offer(self, records: Sequence[Record]) -> None:
         """Buffer records, or append them to the spool (blocking: disk writes)."""
+        self._stamp(records)
         with self._lock:
             if not self._spooling and self._held + len(records) <= self._buffer_events:
                 self._mem.extend(records)
@@ -136,6 +154,12 @@ class Publisher:
                 self._spool.append([r.to_line() for r in records])
                 self._counters["spooled"] += len(records)
         self._wake.set()
+
+    def _stamp(self, records: Sequence[Record]) -> None:
+        """Records offered without a topic are meant for the publisher's."""
+        for r in records:
+            if r.topic is None:
+                r.topic = self._topic
 
     @property
     def held(self) -> int:
@@ -200,7 +224,7 @@ class Publisher:
             try:
                 self._producer = self._connect()
             except Exception as e:
-                self._fail(f"no broker answers ({self._describe(e)})")
+                self._fail(self._describe(e))
                 return
         self._reap()
         if self._producer is None:
@@ -236,13 +260,37 @@ class Publisher:
         self._start_clock()
         for line, end in chunk:
             try:
-                future = self._send(Record.from_line(line))
+                future = self._send(self._replayed(Record.from_line(line)))
             except Exception as e:
                 self._fail(f"send failed ({self._describe(e)})")
                 return
             self._inflight.append(_Sent(_IN_SPOOL, future, end))
             self._read_offset = end
         self._inflight[-1].future.add_both(self._wake_up)
+
+    def _replayed(self, record: Record) -> Record:
+        """A record read back from the spool, with the topic it goes to (said once per kind of case)."""
+        if record.topic is None:
+            record.topic = self._topic
+            if not self._told_untopiced:
+                self._told_untopiced = True
+                log.warning(
+                    "kafka: the spool %s holds events written before topics were recorded; "
+                    "they are sent to the configured topic %r",
+                    self._spool.path,
+                    self._topic,
+                )
+        elif record.topic != self._topic and record.topic not in self._told_topics:
+            self._told_topics.add(record.topic)
+            log.warning(
+                "kafka: the spool %s holds events published for topic %r; they are replayed to %r, "
+                "not to the configured topic %r (new events go there)",
+                self._spool.path,
+                record.topic,
+                record.topic,
+                self._topic,
+            )
+        return record
 
     def _start_clock(self) -> None:
         """Nothing in flight yet: the wait for an acknowledgement starts now."""
@@ -294,7 +342,8 @@ class Publisher:
         self._backoff_s = 0.0
         if self._outage:
             self._outage = False
-            log.warning("kafka: the broker acknowledges again; replaying the spool")
+            left = self._spool.count(self._spool.committed)
+            log.warning("%s reachable again: replaying %d spooled events", self._name, replayed + left)
 
     def _fail(self, reason: str, unsent: Sequence[Record] = ()) -> None:
         """Put every unacknowledged record back in order (spool head), drop the producer, back off."""
@@ -313,7 +362,7 @@ class Publisher:
         self._retry_at = time.monotonic() + self._backoff_s
         if not self._outage:
             self._outage = True
-            log.warning("kafka: %s; events go to the spool %s until it is back", reason, self._spool.path)
+            log.warning("%s unreachable (%s): spooling events to %s", self._name, reason, self._spool.path)
         else:
             log.debug("kafka: %s; retrying in %.1f s", reason, self._backoff_s)
 
@@ -329,7 +378,8 @@ class Publisher:
         self._spooling = True
 
     def _send(self, record: Record) -> Any:
-        return self._producer.send(self._topic, value=record.value, key=record.key, headers=record.headers())
+        topic = record.topic or self._topic
+        return self._producer.send(topic, value=record.value, key=record.key, headers=record.headers())
 
     def _wake_up(self, _: Any) -> None:
         self._wake.set()

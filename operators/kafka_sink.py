@@ -5,24 +5,42 @@ headers `event_id`, `schema_version` and, for traced frames, the W3C `traceparen
 producer (kafka-python) sends with acks=all, one request in flight per connection, and
 idempotence when the broker supports it. When the broker is down, hangs or falls behind, the
 events go to a local spool (operators/kafka_spool.py) and are replayed in order once it is
-back, also after a restart of the engine; the graph never waits on the broker.
+back, also after a restart of the engine; the graph never waits on the broker. Each spooled
+event keeps the topic it was published for and is replayed to it, even after a restart with
+another `topic` (that one applies to new events); spools of older versions, which hold no
+topic, replay to the configured topic (logged once).
 
 Counters (summary `nodes.<id>.events`): accepted (events handed to the sink), sent (acked
 from memory), spooled (written to the spool), replayed (acked from the spool), failed (send
 attempts that failed; those events are replayed from the spool).
+
+Reachability: before kafka-python is asked to bootstrap, every bootstrap address gets a plain
+TCP connection attempt (in parallel, `connect_timeout_s` each). When none opens, the sink
+fails at once with the address and the cause (connection refused, name not resolved, timeout;
+authentication failures come from kafka-python's own report), both in `validate --connect`
+and at run time. While the sink runs it says one warning when the brokers become unreachable
+(`kafka HOST:PORT unreachable (CAUSE): spooling events to PATH`) and one when they are back
+(`kafka HOST:PORT reachable again: replaying N spooled events`); kafka-python's own warnings
+and errors about connections are dropped meanwhile (all of them pass when `framegraph.kafka`
+logs at DEBUG), except those about authentication, authorization and TLS. Addresses are shown
+with any `user:password@` masked and every configured secret scrubbed.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+import socket
+import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
 from opentelemetry import trace
 from pydantic import ConfigDict, Field, SecretStr, model_validator
 
-from engine.errors import OperatorError
+from engine.errors import FramegraphError, OperatorError
 from engine.events import (
     SCHEMA_VERSION,
     DegradationWatch,
@@ -167,6 +185,73 @@ class SecretFilter(logging.Filter):
         return True
 
 
+class QuietFilter(logging.Filter):
+    """Drops kafka-python's warnings and errors about connections while a sink reports them itself.
+
+    Authentication, authorization and TLS records always pass (the last one is kept for the
+    sink's own message), and so does everything when `framegraph.kafka` logs at DEBUG.
+    """
+
+    AUTH = re.compile(r"authenticat|authoriz|sasl|ssl|certificate", re.IGNORECASE)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.auth_error: str | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING or log.isEnabledFor(logging.DEBUG):
+            return True
+        args = record.args if isinstance(record.args, tuple) else ()
+        errors = [a for a in args if isinstance(a, BaseException)]
+        if any(self.AUTH.search(type(e).__name__) for e in errors) or (
+            not errors and self.AUTH.search(record.getMessage())
+        ):
+            self.auth_error = record.getMessage()
+            return True
+        return False
+
+
+def bootstrap_addresses(bootstrap: str) -> list[str]:
+    """The `host:port` entries of a bootstrap string."""
+    return [s.strip() for s in bootstrap.split(",") if s.strip()]
+
+
+def shown_address(address: str) -> str:
+    """An address fit for a message: any `user:password@` in front of the host becomes `***@`."""
+    return re.sub(r"^.*@", "***@", address)
+
+
+def tcp_cause(address: str, timeout_s: float) -> str | None:
+    """None when a TCP connection to `host:port` opens within the timeout; else why not."""
+    host, _, port = shown_address(address).removeprefix("***@").rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            return None
+    except socket.gaierror:
+        return "name not resolved"
+    except ConnectionRefusedError:
+        return "connection refused"
+    except TimeoutError:
+        return "timeout"
+    except ValueError:
+        return "not a host:port address"
+    except OSError as e:
+        return (e.strerror or type(e).__name__).lower()
+
+
+def reach(addresses: Sequence[str], timeout_s: float) -> dict[str, str | None]:
+    """Each address's `tcp_cause`, tried all at once (the slowest sets the time)."""
+    if len(addresses) == 1:
+        return {addresses[0]: tcp_cause(addresses[0], timeout_s)}
+    with ThreadPoolExecutor(len(addresses)) as pool:
+        causes = list(pool.map(lambda a: tcp_cause(a, timeout_s), addresses))
+    return dict(zip(addresses, causes, strict=True))
+
+
+class BrokerUnreachable(OperatorError):
+    """No bootstrap broker could be reached; the message is the cause, credentials masked."""
+
+
 def kafka_loggers() -> list[logging.Logger]:
     """kafka-python's loggers (one per module, made at import)."""
     names = [n for n in logging.root.manager.loggerDict if n == "kafka" or n.startswith("kafka.")]
@@ -183,6 +268,13 @@ class KafkaSink(Operator[KafkaSinkConfig]):
         self._watch = DegradationWatch(ctx.graph_name)
         self._publisher: Publisher | None = None
         self._secret_filter = SecretFilter(config.secrets())
+        self._quiet_filter = QuietFilter()
+
+    @property
+    def shown_bootstrap(self) -> str:
+        """The bootstrap addresses as messages show them: credentials masked, secrets scrubbed."""
+        shown = ",".join(shown_address(a) for a in bootstrap_addresses(self.config.bootstrap))
+        return self._secret_filter.scrub(shown)
 
     @property
     def spool_path(self) -> Path:
@@ -206,6 +298,7 @@ class KafkaSink(Operator[KafkaSinkConfig]):
             stall_timeout_s=cfg.stall_timeout_s,
             backoff_max_s=cfg.retry_backoff_max_s,
             describe=self.describe,
+            name=f"kafka {self.shown_bootstrap}",
             on_delivered=self._delivered if self.ctx.tracer is not None else None,
         )
         self._publisher.start()
@@ -231,9 +324,9 @@ class KafkaSink(Operator[KafkaSinkConfig]):
             return found
         except Exception as e:
             why = self.describe(e)
-            if type(e).__name__ == "KafkaTimeoutError":  # the bootstrap found no broker in time
+            if type(e).__name__ == "KafkaTimeoutError":  # the topic's metadata did not come in time
                 why = f"no broker answers within {cfg.connect_timeout_s:g} s ({why})"
-            raise OperatorError(f"kafka {cfg.bootstrap}: {why}") from e
+            raise OperatorError(f"kafka {self.shown_bootstrap}: {why}") from e
 
     async def teardown(self) -> None:
         if self._publisher is not None:
@@ -241,6 +334,7 @@ class KafkaSink(Operator[KafkaSinkConfig]):
             await self.ctx.run_blocking(publisher.close, self.config.drain_timeout_s)
         for logger in kafka_loggers():
             logger.removeFilter(self._secret_filter)
+            logger.removeFilter(self._quiet_filter)
 
     async def on_stream_start(self, info: StreamInfo) -> None:
         await self._health(info.stream_id, "connected")
@@ -266,6 +360,8 @@ class KafkaSink(Operator[KafkaSinkConfig]):
         """An error as text with every configured secret masked (kafka-python's errors already
         start with their class name: it is not repeated)."""
         name, text = type(error).__name__, str(error)
+        if isinstance(error, FramegraphError):  # the sink's own errors: their text is the message
+            return self._secret_filter.scrub(text)
         return self._secret_filter.scrub(text if text.startswith(name) else f"{name}: {text}")
 
     async def _health(self, stream_id: str, status: HealthStatus, reason: str = "") -> None:
@@ -277,7 +373,8 @@ class KafkaSink(Operator[KafkaSinkConfig]):
             return
         parent = traceparent(frame) if frame is not None else None
         key = events[0]["stream_id"].encode()  # the events of one call share their stream
-        records = [Record(key, dumps(e), e["event_id"], SCHEMA_VERSION, parent) for e in events]
+        topic = self.config.topic
+        records = [Record(key, dumps(e), e["event_id"], SCHEMA_VERSION, parent, topic=topic) for e in events]
         if frame is not None and frame.trace is not None:
             records[-1].span, records[-1].offered_ns = frame.trace, now_ns()
         self.ctx.metrics.events["accepted"] += len(records)
@@ -285,17 +382,51 @@ class KafkaSink(Operator[KafkaSinkConfig]):
             await self.ctx.run_blocking(self._publisher.offer, records)
 
     def _connect(self) -> Any:
+        """A producer connected to the brokers, within about `connect_timeout_s`; BrokerUnreachable
+        (with the cause) when no bootstrap address opens, at once when they all refuse."""
         from kafka import KafkaProducer
 
+        cfg = self.config
+        deadline = time.monotonic() + cfg.connect_timeout_s
+        causes = reach(bootstrap_addresses(cfg.bootstrap), cfg.connect_timeout_s)
+        if all(c is not None for c in causes.values()):
+            raise BrokerUnreachable(self._unreachable(causes))
         self._guard_logs()  # again at each connection: kafka-python imports some modules late
-        return KafkaProducer(**producer_options(self.config))
+        self._quiet_filter.auth_error = None
+        opts = producer_options(cfg)
+        opts["bootstrap_timeout_ms"] = int(max(0.5, deadline - time.monotonic() - 0.25) * 1000)  # in time
+        try:
+            return KafkaProducer(**opts)
+        except Exception as e:
+            if type(e).__name__ != "KafkaTimeoutError":
+                raise
+            if self._quiet_filter.auth_error is not None:
+                raise BrokerUnreachable(
+                    f"authentication failed ({self._secret_filter.scrub(self._quiet_filter.auth_error)})"
+                ) from e
+            raise BrokerUnreachable(
+                f"no broker answers within {cfg.connect_timeout_s:g} s (TCP connects, Kafka does not "
+                f"answer: {self.describe(e)})"
+            ) from e
+
+    def _unreachable(self, causes: dict[str, str | None]) -> str:
+        """The cause of an outage: one cause for all addresses, or each address with its own."""
+        kinds = set(causes.values())
+        if len(kinds) == 1:
+            (cause,) = kinds
+            if cause == "timeout":
+                return f"no broker answers within {self.config.connect_timeout_s:g} s (timeout)"
+            return str(cause)
+        parts = [f"{shown_address(a)}: {c}" for a, c in causes.items()]
+        return self._secret_filter.scrub("; ".join(parts))
 
     def _guard_logs(self) -> None:
-        if self._secret_filter.secrets:
-            import kafka  # noqa: F401  (its loggers exist once it is imported)
+        import kafka  # noqa: F401  (its loggers exist once it is imported)
 
-            for logger in kafka_loggers():
-                logger.addFilter(self._secret_filter)  # once per logger: a filter is kept once
+        for logger in kafka_loggers():  # once per logger: a filter is kept once
+            if self._secret_filter.secrets:
+                logger.addFilter(self._secret_filter)
+            logger.addFilter(self._quiet_filter)
 
     def _delivered(self, record: Record, acked_ns: int) -> None:
         """A `kafka.delivery` span in the frame's trace, from hand-over to the broker's ack.
@@ -311,6 +442,9 @@ class KafkaSink(Operator[KafkaSinkConfig]):
             "kafka.delivery",
             context=trace.set_span_in_context(trace.NonRecordingSpan(parent)),
             start_time=record.offered_ns,
-            attributes={"messaging.system": "kafka", "messaging.destination.name": self.config.topic},
+            attributes={
+                "messaging.system": "kafka",
+                "messaging.destination.name": record.topic or self.config.topic,
+            },
         )
         span.end(end_time=acked_ns)

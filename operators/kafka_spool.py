@@ -87,6 +87,19 @@ class Spool:
                 out.append((line, offset))
         return out
 
+    def count(self, offset: int) -> int:
+        """How many records lie between byte `offset` and the end (reads them: for messages only)."""
+        with self._mutex:
+            end = self._size
+        n = 0
+        with self.path.open("rb") as f:
+            f.seek(offset)
+            left = end - offset
+            while left > 0 and (chunk := f.read(min(left, 1 << 20))):
+                n += chunk.count(b"\n")
+                left -= len(chunk)
+        return n
+
     def commit(self, offset: int) -> None:
         """Record that the broker acknowledged everything before `offset`."""
         with self._mutex:

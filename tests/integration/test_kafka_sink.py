@@ -372,3 +372,35 @@ async def test_shipped_detect_track_publish_graph(
     assert kinds["line.cross"] >= 1  # ...over the middle line
     tracked = [d for m in consumed.values() if m.value["type"] == "detections" for d in m.value["detections"]]
     assert sum(d.get("track_id", -1) >= 0 for d in tracked) >= 50
+
+
+async def test_spooled_events_land_in_their_own_topic_after_a_restart_with_another(
+    broker: TansuBroker, topic: str, tmp_path: Path
+) -> None:
+    broker.kill()  # down for the whole first run: its 12 events stay spooled for `topic`
+    first = Runtime(
+        plan_from_yaml(
+            graph(broker.bootstrap, topic, synthetic(1, 10, 100), FAST.replace("60", "0"), tmp_path)
+        ),
+        RunOptions(output_dir=tmp_path),
+    )
+    await first.run()
+    assert first.metrics.node("out").events["spooled"] == 12
+    broker.start()
+    moved = topic + ".moved"
+    old, new = EventConsumer(broker.bootstrap, topic), EventConsumer(broker.bootstrap, moved)
+    try:
+        second = Runtime(
+            plan_from_yaml(graph(broker.bootstrap, moved, synthetic(1, 10, 100), FAST, tmp_path)),
+            RunOptions(output_dir=tmp_path),
+        )
+        await second.run()
+        assert second.metrics.node("out").events["replayed"] >= 12
+        assert len(old.wait_for(12)) == 12  # the spooled events went where they were meant to go
+        assert len(new.wait_for(12)) == 12  # the second run's own events: the new topic
+        await asyncio.sleep(1)
+        assert len(old.unique()) == 12
+        assert len(new.unique()) == 12
+    finally:
+        old.close()
+        new.close()

@@ -22,7 +22,8 @@ class FakeBroker:
         self.state: State = "up"
         self.ack_delay_s = ack_delay_s
         self.stored: list[tuple[str, str]] = []  # (key, event_id) in the order the broker took them
-        self._pending: deque[tuple[FakeProducer, Future, str, str, float]] = deque()
+        self.topics: dict[str, str] = {}  # event_id: the topic it was stored in (the last one)
+        self._pending: deque[tuple[FakeProducer, Future, str, str, str, float]] = deque()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._tick, daemon=True)
@@ -36,11 +37,13 @@ class FakeBroker:
             raise KafkaTimeoutError("bootstrap timed out")
         return FakeProducer(self)
 
-    def take(self, producer: FakeProducer, key: bytes, headers: list[tuple[str, bytes]]) -> Future:
+    def take(
+        self, producer: FakeProducer, key: bytes, headers: list[tuple[str, bytes]], topic: str = ""
+    ) -> Future:
         future = Future()
         event_id = dict(headers)["event_id"].decode()
         with self._lock:
-            self._pending.append((producer, future, key.decode(), event_id, time.monotonic()))
+            self._pending.append((producer, future, key.decode(), event_id, topic, time.monotonic()))
         return future
 
     def close(self) -> None:
@@ -52,7 +55,7 @@ class FakeBroker:
             done: list[tuple[Future, Exception | None]] = []
             with self._lock:
                 while self._pending:
-                    producer, future, key, event_id, at = self._pending[0]
+                    producer, future, key, event_id, topic, at = self._pending[0]
                     if producer.closed:
                         done.append((future, KafkaConnectionError("producer closed")))
                     elif self.state == "down":
@@ -61,6 +64,7 @@ class FakeBroker:
                         break
                     else:
                         self.stored.append((key, event_id))
+                        self.topics[event_id] = topic
                         done.append((future, None))
                     self._pending.popleft()
             for future, error in done:
@@ -77,7 +81,7 @@ class FakeProducer:
     def send(self, topic: str, value: bytes, key: bytes, headers: list[tuple[str, bytes]]) -> Future:
         if self.broker.state == "down":
             raise KafkaTimeoutError("metadata not available")
-        return self.broker.take(self, key, headers)
+        return self.broker.take(self, key, headers, topic)
 
     def close(self, timeout: float = 0) -> None:
         self.closed = True

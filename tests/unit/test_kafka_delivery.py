@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -178,3 +180,69 @@ def test_record_lines_round_trip_whatever_the_stream_id() -> None:
         record.traceparent,
     )
     assert ("traceparent", record.traceparent.encode()) in back.headers()  # type: ignore[union-attr]
+
+
+def test_spooled_events_replay_to_the_topic_they_were_meant_for_after_a_topic_change(
+    broker: FakeBroker, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "s.jsonl"
+    broker.state = "down"
+    first = publisher(broker, path)  # publishes to topic "t"
+    old = records(30)
+    offer_slowly(first, old)
+    first.close(0.2)  # the broker never came back: all 30 stay spooled
+    broker.state = "up"
+    second = Publisher(
+        broker.connect,
+        "t.new",
+        Spool(path),
+        Counter(),
+        buffer_events=1000,
+        stall_timeout_s=5,
+        backoff_max_s=0.1,
+    )
+    second.start()
+    new = records(5, start=30)
+    with caplog.at_level(logging.WARNING, logger="framegraph.kafka"):
+        offer_slowly(second, new)
+        wait_until(second.idle)
+        second.close(1)
+    assert first_seen(broker.stored) == expected(old + new)
+    assert {broker.topics[r.event_id] for r in old} == {"t"}  # where they were meant to go
+    assert {broker.topics[r.event_id] for r in new} == {"t.new"}
+    said = [r.getMessage() for r in caplog.records if "'t'" in r.getMessage()]
+    assert len(said) == 1
+    assert "replayed to 't'" in said[0]
+    assert "'t.new'" in said[0]
+
+
+def test_an_old_spool_without_topics_replays_to_the_configured_topic_and_says_so(
+    broker: FakeBroker, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "s.jsonl"
+    old = records(10)
+    lines = [  # the line format before topics were recorded: four meta fields
+        b'{"m":'
+        + json.dumps([r.key.decode(), r.event_id, r.schema_version, None]).encode()
+        + b',"v":'
+        + r.value
+        + b"}\n"
+        for r in old
+    ]
+    path.write_bytes(b"".join(lines))
+    assert Record.from_line(lines[0]).topic is None
+    p = publisher(broker, path)  # topic "t"
+    with caplog.at_level(logging.WARNING, logger="framegraph.kafka"):
+        wait_until(p.idle)
+        p.close(1)
+    assert first_seen(broker.stored) == expected(old)
+    assert {broker.topics[r.event_id] for r in old} == {"t"}
+    said = [r.getMessage() for r in caplog.records if "before topics were recorded" in r.getMessage()]
+    assert len(said) == 1
+    assert str(path) in said[0]
+    assert "'t'" in said[0]
+
+
+def test_a_spool_line_keeps_the_records_topic() -> None:
+    record = Record(b"cam0", b"{}", "id-1", "1.1", topic="site.a.events")
+    assert Record.from_line(record.to_line()).topic == "site.a.events"
