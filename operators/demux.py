@@ -34,7 +34,8 @@ class Demuxer:
         try:
             self.container: Any = av.open(url, options=options or {}, timeout=timeout_s)
         except (av.error.FFmpegError, OSError) as e:
-            raise SourceError(f"{stream_id}: cannot open {self.safe_url}: {_reason(e)}") from e
+            # `from None`: PyAV's error holds the raw URL (its password); the reason is scrubbed
+            raise SourceError(f"{stream_id}: cannot open {self.safe_url}: {_reason(e)}") from None
         videos = [s for s in self.container.streams if s.type == "video"]
         if not videos:
             self.container.close()
@@ -72,10 +73,10 @@ class Demuxer:
                 self.corrupt += 1
                 errors += 1
                 if errors >= MAX_CONSECUTIVE_ERRORS:
-                    raise SourceError(f"{self.stream_id}: unreadable data: {_reason(e)}") from e
+                    raise SourceError(f"{self.stream_id}: unreadable data: {_reason(e)}") from None
                 log.warning("%s: skipped unreadable data: %s", self.stream_id, _reason(e))
             except (av.error.FFmpegError, OSError) as e:  # timeouts, resets: the caller reconnects
-                raise SourceError(f"{self.stream_id}: read failed: {_reason(e)}") from e
+                raise SourceError(f"{self.stream_id}: read failed: {_reason(e)}") from None
 
     def close(self) -> None:
         try:

@@ -26,6 +26,7 @@ from pydantic import Field
 from engine.frame import Frame, Item, StreamInfo
 from engine.registry import Operator, OperatorContext
 from engine.spec import StrictModel
+from operators.urls import scrub
 
 log = logging.getLogger("framegraph.video_out")
 TREATMENTS = ("redacted", "clean", "covered")
@@ -134,6 +135,8 @@ class H264Writer:
 
 class _VideoSink(Operator[Any]):
     """Per-stream writers, the redaction gate and the shared process loop of the video sinks."""
+
+    consumes, produces = "frames+redacted", "same"  # require_redaction: false waives
 
     def __init__(self, config: Any, ctx: OperatorContext) -> None:
         super().__init__(config, ctx)
@@ -328,7 +331,7 @@ class RtspSink(_VideoSink):
             writer.write(frame.image, t_s - self.t0[sid], frame.pixel_format)
             return True
         except (av.error.FFmpegError, OSError) as e:
-            log.warning("%s: RTSP push failed: %s", sid, e)
+            log.warning("%s: RTSP push failed: %s", sid, scrub(str(e)))  # FFmpeg quotes the URL
             self.ctx.metrics.events["rtsp_failures"] += 1
             self.ctx.metrics.drop(sid, "rtsp_unavailable")
             self.writers.pop(sid, None)

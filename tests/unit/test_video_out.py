@@ -8,6 +8,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+import pytest
 from pydantic import Field
 
 from engine.frame import Control, ControlKind, Frame, Item, StreamInfo, now_ns
@@ -157,3 +158,25 @@ def test_clock_starts_at_zero_stitches_restarts_and_times_pts_less_frames() -> N
     np.testing.assert_allclose(times, [0.0, 0.04, 0.08, 0.12, 0.16])  # one frame later, never back
     untimed = _Clock(Fraction(1, 1000), 25.0)
     np.testing.assert_allclose([untimed.seconds(None) for _ in range(3)], [0.0, 0.04, 0.08])
+
+
+async def test_a_refused_rtsp_push_never_logs_the_password(caplog: pytest.LogCaptureFixture) -> None:
+    """FFmpeg's error quotes the URL it was given, password and all: the warning is scrubbed."""
+    yaml = (
+        graph(frames=3)
+        .replace(
+            "op: sink.file",
+            "op: sink.rtsp",
+        )
+        .replace(
+            "config: {preset: ultrafast}",
+            'config: {preset: ultrafast, url: "rtsp://admin:Secret9@127.0.0.1:9/{stream}", '
+            "require_redaction: false, realtime: false}",
+        )
+    )
+    with caplog.at_level("WARNING"):
+        _, summary = await run_graph(yaml)
+    warnings = [r.getMessage() for r in caplog.records if "RTSP push failed" in r.getMessage()]
+    assert warnings  # the push was tried and refused (port 9)
+    assert not any("Secret9" in r.getMessage() for r in caplog.records)
+    assert summary["nodes"]["video"]["events"]["rtsp_failures"] >= 1
