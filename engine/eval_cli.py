@@ -51,6 +51,8 @@ def print_report(r: dict[str, Any]) -> None:
     )
     for m in r["models"]:
         sha = ", ".join(f"{f['path']} sha256 {f['sha256'][:16]}" for f in m["files"]) or "no local file"
+        if not m.get("files_checked", True):
+            sha += f" (this machine's copy: the server at {m['served_by']} has its own, not checked)"
         print(f"  model {m['model']} v{m['version'] or '?'} ({m['node']}): {sha}")
     print(f"  {'scope':<22} {'images':>6} {'labels':>6} {'precision':>9} {'recall':>7} {'mAP@0.5':>8}")
     rows = [("overall", det["overall"], r["golden"]["images"])]

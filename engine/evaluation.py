@@ -38,6 +38,7 @@ from engine.plan import Edge, GraphPlan, NodePlan, source_plan
 from engine.registry import EmptyConfig, Operator, OperatorContext
 from engine.runtime import RunOptions, Runtime
 from engine.spec import NodeSpec, QueueSpec, StrictModel
+from operators.urls import redact_url
 
 ROOT = Path(__file__).resolve().parents[1]
 DETECTIONS_NODE = "_eval_detections"
@@ -169,8 +170,15 @@ def _collector(node_id: str, src: str, cls: type[Operator[Any]], config: StrictM
     )
 
 
+_LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
 def model_identities(plan: GraphPlan) -> list[dict[str, Any]]:
-    """Model, version and sha256 of the model files of each inference node (for release diffs)."""
+    """Model, version and sha256 of the model files of each inference node (for release diffs).
+
+    The files are this machine's model repository. For infer.triton, `served_by` says which server
+    ran the model and `files_checked` whether those files are the ones it served: a remote server
+    (another host) has its own repository, which is not seen from here."""
     repo = Path(os.environ.get("FG_TRITON_MODEL_REPO", "triton_models"))
     repo = repo if repo.is_absolute() else ROOT / repo
     out: list[dict[str, Any]] = []
@@ -183,9 +191,13 @@ def model_identities(plan: GraphPlan) -> list[dict[str, Any]]:
             )
             version = requested or (str(versions[0]) if versions else "")
             files = sorted((repo / model / version).glob("*.onnx")) if version else []
+            url = str(getattr(cfg, "url", "") or "")
+            served_by = redact_url(url) if url else "a local server the run started"
+            files_checked = not url or url.rsplit(":", 1)[0] in _LOCAL_HOSTS
         elif hasattr(cfg, "onnx_path"):
             path = Path(str(getattr(cfg, "onnx_path")))  # noqa: B009
             model, requested, version = path.stem, "", ""
+            served_by, files_checked = "in process", True
             files = [p for p in (path, ROOT / path) if p.is_file()][:1]
         else:
             continue
@@ -197,6 +209,8 @@ def model_identities(plan: GraphPlan) -> list[dict[str, Any]]:
                 "version": version,
                 "version_pinned": bool(requested),
                 "files": [{"path": _rel(p), "sha256": file_sha256(p)} for p in files],
+                "served_by": served_by,
+                "files_checked": files_checked,
             }
         )
     return out

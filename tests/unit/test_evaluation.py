@@ -237,6 +237,21 @@ def test_reports_name_the_model_version_and_file_hash(
     assert pinned["files"][0]["sha256"] != latest["files"][0]["sha256"]
 
 
+def test_a_remote_servers_model_is_not_claimed_by_the_local_file_hash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "centerface" / "1").mkdir(parents=True)
+    (tmp_path / "centerface" / "1" / "centerface.onnx").write_bytes(b"local copy")
+    monkeypatch.setenv("FG_TRITON_MODEL_REPO", str(tmp_path))
+    graph = ROOT / "graphs/face_detect.yaml"
+    (remote,) = model_identities(load_plan(graph, ['nodes.detect.config.url="triton.prod:8001"']))
+    assert (remote["served_by"], remote["files_checked"]) == ("triton.prod:8001", False)
+    (local,) = model_identities(load_plan(graph, ['nodes.detect.config.url="127.0.0.1:8001"']))
+    assert local["files_checked"] is True
+    (started,) = model_identities(load_plan(graph, ['nodes.detect.config.url=""']))
+    assert (started["served_by"], started["files_checked"]) == ("a local server the run started", True)
+
+
 def test_eval_refuses_a_golden_set_with_missing_images(golden: Path, tmp_path: Path) -> None:
     broken = tmp_path / "broken"
     (broken / "images").mkdir(parents=True)
