@@ -22,7 +22,7 @@ from engine.plan import source_plan
 from engine.prometheus import MetricsCollector
 from engine.spec import ID_PATTERN
 from engine.worker import Worker
-from operators.urls import redact_url
+from operators.urls import redact_url, scrub
 
 HTTP_422 = 422  # "Unprocessable Content": a body that parses but is not a valid stream
 
@@ -39,6 +39,8 @@ class StreamBody(BaseModel):
 
 
 class StreamStatus(BaseModel):
+    """A stream as GET /streams shows it; `error` says why it failed or is reconnecting."""
+
     id: str
     url: str
     op: str | None
@@ -71,6 +73,8 @@ def create_app(worker: Worker, token: str | None, protect_reads: bool = False) -
     read_auth = [Depends(authorized)] if protect_reads else []
 
     async def status_of(sid: str, spec: dict[str, Any], owners: dict[str, str]) -> StreamStatus:
+        """A stream as this worker sees it: pending (not run here), failed (could not start), or
+        the state its source reports (starting, running, reconnecting, ended, stopped, failed)."""
         m = worker.runtime.metrics
         running = sid in worker.runtime.streams and sid in worker.owned
         out = StreamStatus(
@@ -86,12 +90,14 @@ def create_app(worker: Worker, token: str | None, protect_reads: bool = False) -
             out.frames_in, out.frames_out, out.fps = s.frames_in, s.frames_out, round(s.fps(), 2)
             out.latency_p95_ms = s.latency.percentiles()["p95"]
             out.dropped = m.dropped_for(sid)
-            events = m.node(sid).events
+            source = m.nodes.get(sid)
+            events = source.events if source is not None else {}
             out.reconnects = events.get("disconnects", 0) + events.get("connect_failures", 0)
-            if out.frames_in == 0:
-                out.state = "starting"
+            out.state, out.error = s.state.value, s.error
         elif out.error:
             out.state = "failed"
+        if out.error is not None:
+            out.error = scrub(out.error)
         return out
 
     @app.get("/healthz")

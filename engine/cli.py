@@ -15,13 +15,34 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import FramegraphError, GraphConfigError
+from engine.metrics import failed_streams, failing_nodes
 from engine.plan import GraphPlan, load_plan
 from engine.progress import report_progress
 from engine.runtime import RunOptions, Runtime
 from engine.spec import GraphSpec
+from engine.summary_text import summary_text
 
-EXIT_INVALID = 2
-EXIT_FAILED = 1
+EXIT_FAILED = 1  # the run could not go on: a node's setup failed, a process died, a port was taken
+EXIT_INVALID = 2  # the graph (or the command line) is invalid
+EXIT_STREAMS_FAILED = 4  # the run ended, but a source failed or a node dropped every item by errors
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a clear error for 0, negatives and non-numbers)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+def _log_level_arg(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument(
+        "--log-level", type=str.upper, choices=LOG_LEVELS, default=default, help="log level (any case)"
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,7 +73,9 @@ def _parser() -> argparse.ArgumentParser:
         metavar="PATH=VALUE",
         help="replace any graph value, e.g. sources.0.url=clip.mp4 (repeatable)",
     )
-    r.add_argument("--max-frames", type=int, default=None, help="stop each stream after N frames")
+    r.add_argument(
+        "--max-frames", type=positive_int, default=None, metavar="N", help="stop each stream after N frames"
+    )
     r.add_argument(
         "--processes",
         type=int,
@@ -64,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--output", type=Path, default=Path("out"), help="directory for sink outputs")
     r.add_argument("--summary-json", type=Path, default=None, help="also write the summary here")
     r.add_argument("--progress-interval-s", type=float, default=2.0, help="0 disables progress")
-    r.add_argument("--log-level", default="WARNING")
+    _log_level_arg(r, "WARNING")
     r.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics here")
     r.add_argument("--metrics-address", default="127.0.0.1", help="address for --metrics-port")
     sub.add_parser("schema", help="print the JSON Schema of graph files (for editors)")
@@ -81,7 +104,7 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--protect-reads", action="store_true", help="reads need the token too")
     w.add_argument("--output", type=Path, default=Path("out"))
     w.add_argument("--plugin", action="append", default=[], help="module to import (registers operators)")
-    w.add_argument("--log-level", default="INFO")
+    _log_level_arg(w, "INFO")
     w.add_argument(
         "--processes",
         type=int,
@@ -127,9 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "worker":
         from engine.serve import serve_worker
 
-        logging.basicConfig(
-            level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
+        logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         if args.processes < 0:
             print("--processes must be >= 0 (0: one per core)", file=sys.stderr)
             return EXIT_INVALID
@@ -160,9 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             f"device {plan.device}: {plan.device_reason})"
         )
         return 0
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     aliased = [f"{n.spec.id}={n.op}" for n in plan.nodes if n.op != n.spec.op]
     print(
         f"device {plan.device} ({plan.device_reason})" + (f"; {', '.join(aliased)}" if aliased else ""),
@@ -183,7 +202,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.summary_json:
         args.summary_json.parent.mkdir(parents=True, exist_ok=True)
         args.summary_json.write_text(json.dumps(summary, indent=2))
-    return EXIT_FAILED if failures else 0
+    return run_exit_code(summary, failures)
+
+
+def run_exit_code(summary: dict[str, Any], process_failures: list[str]) -> int:
+    """`framegraph run`'s exit status: 1 if a process failed, 4 if a stream failed (its source
+    never opened, became unreadable or gave up reconnecting) or a node dropped every item it got
+    by errors, else 0. A stream whose source simply ended, or was stopped, is not a failure."""
+    if process_failures:
+        return EXIT_FAILED
+    if failed_streams(summary) or failing_nodes(summary):
+        return EXIT_STREAMS_FAILED
+    return 0
 
 
 def _run_processes(plan: GraphPlan, args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
@@ -203,8 +233,15 @@ def _run_processes(plan: GraphPlan, args: argparse.Namespace) -> tuple[dict[str,
         log_level=args.log_level,
         progress_interval_s=args.progress_interval_s,
     )
+    asked = args.processes or cpu_count()
+    why = ""
+    if len(jobs) < asked:
+        n = len(plan.sources)
+        why = f" (not {asked}: the graph has {n} source{'s' * (n != 1)} and each process needs one)"
     print(
-        f"{len(jobs)} processes, sources per process: " + ", ".join(str(len(j.source_indices)) for j in jobs),
+        f"{len(jobs)} process{'es' * (len(jobs) != 1)}, sources per process: "
+        + ", ".join(str(len(j.source_indices)) for j in jobs)
+        + why,
         file=sys.stderr,
     )
     return run_sharded(plan, jobs)
@@ -237,7 +274,7 @@ async def run_plan(
     if metrics_port is not None:
         from engine.prometheus import serve
 
-        serve(runtime.metrics, plan.spec.name, metrics_port, metrics_address)
+        serve(runtime.metrics, plan.spec.name, metrics_port, metrics_address)  # FramegraphError if taken
     loop = asyncio.get_running_loop()
     for sig in stop_signals:
         loop.add_signal_handler(sig, runtime.stop)
@@ -262,26 +299,7 @@ def run_async(coro: Any) -> Any:
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
-    print(
-        f"graph {summary['graph']}: {summary['frames_out']} frames in {summary['duration_s']} s "
-        f"({summary['fps']} fps), latency ms {summary['latency_ms']}"
-    )
-    for sid, s in summary["streams"].items():
-        print(
-            f"  stream {sid}: in {s['frames_in']} out {s['frames_out']} dropped {s['dropped']} "
-            f"fps {s['fps']} latency ms {s['latency_ms']}"
-        )
-    for nid, n in summary["nodes"].items():
-        drops = f" dropped {n['dropped_by_reason']}" if n["dropped"] else ""
-        batch = f" mean batch {n['mean_batch']}" if "mean_batch" in n else ""
-        stage = ""
-        if "work_ms" in n:
-            q, w = n["queue_wait_ms"], n["work_ms"]
-            stage = (
-                f" | queue ms p50/p95/p99 {q['p50']}/{q['p95']}/{q['p99']}"
-                f" work ms {w['p50']}/{w['p95']}/{w['p99']}"
-            )
-        print(f"  node {nid}: in {n['in']} out {n['out']}{drops}{batch}{stage}")
+    print(summary_text(summary))
 
 
 if __name__ == "__main__":

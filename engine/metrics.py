@@ -7,6 +7,7 @@ import time
 from collections import Counter
 from collections.abc import Collection
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 import numpy as np
@@ -59,6 +60,21 @@ class LatencySamples:
                 self.samples[slot] = value
 
 
+class StreamState(str, Enum):
+    """Where a stream's source is: what the control API shows and the summary's `status` comes from."""
+
+    STARTING = "starting"  # started, no frame yet
+    RUNNING = "running"  # frames are flowing
+    RECONNECTING = "reconnecting"  # lost or never reached; the source retries (`error`: why)
+    ENDED = "ended"  # the source came to its end (a file finished, --max-frames reached)
+    STOPPED = "stopped"  # stopped on request (Ctrl-C, SIGTERM, removed) before its end
+    FAILED = "failed"  # the source gave up: never opened, unreadable, out of reconnects
+
+
+# the summary's per-stream `status`: ok, stopped or failed (a summary is taken when all have ended)
+_STATUS = {StreamState.ENDED: "ok", StreamState.STOPPED: "stopped", StreamState.FAILED: "failed"}
+
+
 @dataclass
 class NodeMetrics:
     """What one node (or source) did: items in and out, drops by stream and reason."""
@@ -74,6 +90,17 @@ class NodeMetrics:
     queue_wait: LatencySamples = field(default_factory=lambda: LatencySamples(10_000))
     work: LatencySamples = field(default_factory=lambda: LatencySamples(10_000))
     dropped_removed: Counter[str] = field(default_factory=Counter)  # reason -> drops of forgotten streams
+    stream: StreamMetrics | None = None  # a source's metrics: the stream whose state it reports
+
+    def source_failed(self, error: str) -> None:
+        """A source gave up (`error`: why, credentials already scrubbed): its stream failed."""
+        if self.stream is not None:
+            self.stream.set_state(StreamState.FAILED, error)
+
+    def source_retrying(self, error: str) -> None:
+        """A source lost its stream or could not reach it and retries; the next frame clears it."""
+        if self.stream is not None:
+            self.stream.set_state(StreamState.RECONNECTING, error)
 
     def drop(self, stream_id: str, reason: str, n: int = 1) -> None:
         self.dropped[(stream_id, reason)] += n
@@ -124,7 +151,17 @@ class StreamMetrics:
     first_out_s: float | None = None
     last_out_s: float | None = None
     latency: LatencySamples = field(default_factory=LatencySamples)
+    state: StreamState = StreamState.STARTING
+    error: str | None = None  # why it failed or is reconnecting (scrubbed); None while healthy
     _window_out: int = 0
+
+    def set_state(self, state: StreamState, error: str | None = None) -> None:
+        """Move to `state`; `error` says why (failed, reconnecting), None clears the last one."""
+        self.state, self.error = state, error
+
+    def status(self) -> str:
+        """The summary's status: ok (ended), stopped, failed; else the live state (a summary mid-run)."""
+        return _STATUS.get(self.state, self.state.value)
 
     def finished(self, latency_ms: float) -> None:
         now = time.monotonic()
@@ -178,6 +215,7 @@ class Metrics:
         self.streams: dict[str, StreamMetrics] = {}
         self.removed = RemovedStreams()
         self.started_s = time.monotonic()
+        self.primary_sink: str | None = None  # the node whose outputs count as a stream's frames_out
 
     def node(self, node_id: str) -> NodeMetrics:
         return self.nodes.setdefault(node_id, NodeMetrics(node_id))
@@ -187,6 +225,15 @@ class Metrics:
 
     def dropped_for(self, stream_id: str) -> int:
         return sum(n for m in self.nodes.values() for (s, _), n in m.dropped.items() if s == stream_id)
+
+    def dropped_by_node(self, stream_id: str) -> dict[str, int]:
+        """A stream's drops per node (its source included), nodes with none left out."""
+        out: Counter[str] = Counter()
+        for nid, m in self.nodes.items():
+            for (s, _), n in m.dropped.items():
+                if s == stream_id:
+                    out[nid] += n
+        return dict(out)
 
     def forget_stream(self, stream_id: str, keep_nodes: Collection[str] = ()) -> None:
         """Release a removed stream's per-stream state; its counts stay in the totals.
@@ -218,12 +265,17 @@ class Metrics:
         streams = {}
         for sid, s in sorted(self.streams.items()):
             streams[sid] = {
+                "status": s.status(),
                 "frames_in": s.frames_in,
                 "frames_out": s.frames_out,
+                "frames_out_at": self.primary_sink,
                 "dropped": self.dropped_for(sid),
+                "dropped_by_node": self.dropped_by_node(sid),
                 "fps": round(s.fps(), 2),
                 "latency_ms": s.latency.percentiles(),
             }
+            if s.error is not None:
+                streams[sid]["error"] = s.error
         all_latency = [v for s in self.streams.values() for v in s.latency.samples]
         all_latency += self.removed.latency.samples
         total_out = sum(s.frames_out for s in self.streams.values()) + self.removed.frames_out
@@ -239,3 +291,22 @@ class Metrics:
         if self.removed.streams:
             out["removed_streams"] = self.removed.to_dict()
         return out
+
+
+def failed_streams(summary: dict[str, Any]) -> dict[str, str]:
+    """Stream id -> error of each stream in a summary whose source failed (gave up)."""
+    return {
+        sid: s.get("error") or "failed"
+        for sid, s in summary["streams"].items()
+        if s.get("status") == StreamState.FAILED.value
+    }
+
+
+def failing_nodes(summary: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """Node id -> its error drops, for each node that got items and dropped every one by an error."""
+    out: dict[str, dict[str, int]] = {}
+    for nid, n in summary["nodes"].items():
+        errors = {r: c for r, c in n.get("dropped_by_reason", {}).items() if r.startswith("error:")}
+        if n.get("in", 0) > 0 and sum(errors.values()) >= n["in"]:
+            out[nid] = errors
+    return out

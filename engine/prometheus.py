@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from engine.errors import FramegraphError
 from engine.metrics import Metrics
 
 
@@ -63,10 +65,29 @@ class MetricsCollector(Collector):
 
 
 def serve(metrics: Metrics, graph: str, port: int, address: str = "127.0.0.1") -> CollectorRegistry:
-    """Serve /metrics on address:port (a daemon thread) for this run; returns the registry."""
+    """Serve /metrics on address:port (a daemon thread) for this run; returns the registry.
+
+    Raises FramegraphError, naming the port, when it cannot be bound (in use, not allowed).
+    """
     from prometheus_client import start_http_server
 
     registry = CollectorRegistry()
     registry.register(MetricsCollector(metrics, graph))
-    start_http_server(port, addr=address, registry=registry)
+    try:
+        start_http_server(port, addr=address, registry=registry)
+    except OSError as e:
+        raise FramegraphError(
+            f"--metrics-port {port}: cannot serve on {address}:{port}: {bind_reason(e)}"
+        ) from e
     return registry
+
+
+def bind_reason(error: OSError) -> str:
+    """Why a listening socket could not be bound, in a user's words."""
+    if error.errno == errno.EADDRINUSE:
+        return "the port is already in use"
+    if error.errno == errno.EACCES:
+        return "permission denied (ports below 1024 need privileges)"
+    if error.errno == errno.EADDRNOTAVAIL:
+        return "no such address on this machine"
+    return error.strerror or str(error)

@@ -14,12 +14,13 @@ from typing import Any
 
 from engine.errors import FramegraphError, OperatorError
 from engine.frame import Control, ControlKind, Item, Message, now_ns
-from engine.metrics import Metrics, NodeMetrics
+from engine.metrics import Metrics, NodeMetrics, StreamState
 from engine.plan import ALL_SOURCES, GraphPlan, NodePlan, SourcePlan
 from engine.queues import EdgeQueue, Inbox
 from engine.registry import Operator, OperatorContext, Source, SourceContext
 from engine.spec import QueueSpec
 from engine.tracing import FrameTracer
+from operators.urls import scrub
 
 log = logging.getLogger("framegraph.runtime")
 _ERRORS_LOGGED_PER_NODE = 5
@@ -233,6 +234,7 @@ class Runtime:
                 self._keepalive.append(EdgeQueue("", node.id, node.plan.spec.queue, node.inbox, node.metrics))
         terminals = [n for n in self._nodes.values() if not n.outputs]
         terminals[-1].primary_terminal = True
+        self.metrics.primary_sink = terminals[-1].id
 
     def _make_stream(self, plan: SourcePlan, targets: list[tuple[str, QueueSpec]]) -> _Stream:
         sid = plan.spec.id
@@ -240,6 +242,9 @@ class Runtime:
         if self.stop_event.is_set():
             stop.set()
         ctx = SourceContext(sid, plan.spec.url, self.metrics.node(sid), stop, self.options.max_frames)
+        state = self.metrics.stream(sid)
+        state.set_state(StreamState.STARTING)  # a stream started again under an id that ended
+        ctx.metrics.stream = state  # the source reports failures and reconnects there
         outputs = [
             EdgeQueue(sid, dst, queue, self._nodes[dst].inbox, self._nodes[dst].metrics)
             for dst, queue in targets
@@ -250,15 +255,24 @@ class Runtime:
         return stream
 
     async def _run_source(self, handle: _Stream) -> None:
+        """Run a source to its end; its stream's state follows: running on frames, then ended,
+        stopped (on request) or failed (it raised, or counted an error and ended with a reason)."""
         source, plan, outputs = handle.source, handle.plan, handle.outputs
         stream = self.metrics.stream(plan.spec.id)
+        errors_before = source.ctx.metrics.errors
         sent_end = False
 
         async def emit(msg: Message) -> None:
             nonlocal sent_end
             if isinstance(msg, Control):
-                sent_end = sent_end or msg.kind is ControlKind.END
+                if msg.kind is ControlKind.END and not sent_end:
+                    sent_end = True
+                    gave_up = source.ctx.metrics.errors > errors_before and msg.reason
+                    if gave_up and stream.state is not StreamState.FAILED:
+                        stream.set_state(StreamState.FAILED, scrub(msg.reason))
             else:
+                if stream.state is not StreamState.RUNNING:
+                    stream.set_state(StreamState.RUNNING)
                 stream.frames_in += 1
                 source.ctx.metrics.items_out += 1
                 if self.tracer is not None:
@@ -270,9 +284,13 @@ class Runtime:
         try:
             await source.run(emit)
         except Exception as e:
-            log.error("source %s failed: %s", plan.spec.id, e)
+            log.error("source %s failed: %s", plan.spec.id, scrub(str(e)))
             source.ctx.metrics.errors += 1
+            stream.set_state(StreamState.FAILED, scrub(str(e)) or type(e).__name__)
         finally:
+            if stream.state is not StreamState.FAILED:
+                stopped = handle.stop.is_set()  # asked to stop before it came to its end
+                stream.set_state(StreamState.STOPPED if stopped else StreamState.ENDED, stream.error)
             if not sent_end:
                 for q in outputs:
                     await q.put(Control(ControlKind.END, plan.spec.id, reason="source stopped"))

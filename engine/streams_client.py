@@ -1,35 +1,73 @@
-"""`framegraph streams ls|add|rm`: a small client of a worker's control API."""
+"""`framegraph streams ls|add|rm`: a small client of a worker's control API.
+
+Exit status: 0 done, 1 the API could not be reached or refused the request, 2 a usage error
+(missing STREAM_ID or --url, --config that is not a JSON object, --api that is not an http(s) URL).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from typing import Any
 
 import httpx
 
+EXIT_UNREACHABLE = 1  # no answer, or an error status from the API
+EXIT_USAGE = 2
+
+
+def _usage(message: str) -> int:
+    print(f"framegraph streams: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _body(args: argparse.Namespace) -> dict[str, Any] | str:
+    """The POST /streams body, or why the arguments cannot make one."""
+    if not args.stream_id or not args.url:
+        return "streams add needs STREAM_ID and --url"
+    try:
+        config = json.loads(args.config)
+    except json.JSONDecodeError as e:
+        return f"--config is not valid JSON ({e.msg} at column {e.colno}): {args.config}"
+    if not isinstance(config, dict):
+        return f"--config must be a JSON object ({{...}}), got: {args.config}"
+    body: dict[str, Any] = {"id": args.stream_id, "url": args.url, "config": config}
+    if args.op:
+        body["op"] = args.op
+    return body
+
 
 def streams_command(args: argparse.Namespace) -> int:
+    """Run `streams ls|add|rm` against the API at `args.api`; print the answer as JSON."""
+    if not args.api.startswith(("http://", "https://")):
+        return _usage(f"--api must be an http:// or https:// URL, got {args.api!r}")
+    body: dict[str, Any] | str | None = None
+    if args.action == "add":
+        body = _body(args)
+        if isinstance(body, str):
+            return _usage(body)
+    elif args.action == "rm" and not args.stream_id:
+        return _usage("streams rm needs STREAM_ID")
     headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
-    with httpx.Client(base_url=args.api, headers=headers, timeout=10) as client:
-        if args.action == "ls":
-            response = client.get("/streams")
-        elif args.action == "add":
-            if not args.stream_id or not args.url:
-                print("streams add needs STREAM_ID and --url", file=sys.stderr)
-                return 2
-            body = {"id": args.stream_id, "url": args.url, "config": json.loads(args.config)}
-            if args.op:
-                body["op"] = args.op
-            response = client.post("/streams", json=body)
-        else:
-            if not args.stream_id:
-                print("streams rm needs STREAM_ID", file=sys.stderr)
-                return 2
-            response = client.delete(f"/streams/{args.stream_id}")
+    try:
+        with httpx.Client(base_url=args.api, headers=headers, timeout=10) as client:
+            if args.action == "ls":
+                response = client.get("/streams")
+            elif args.action == "add":
+                response = client.post("/streams", json=body)
+            else:
+                response = client.delete(f"/streams/{args.stream_id}")
+    except (httpx.HTTPError, httpx.InvalidURL) as e:
+        reason = str(e) or type(e).__name__
+        print(f"framegraph streams: cannot reach the API at {args.api}: {reason}", file=sys.stderr)
+        return EXIT_UNREACHABLE
     if response.status_code >= 400:
         print(f"{response.status_code}: {response.text}", file=sys.stderr)
-        return 1
+        return EXIT_UNREACHABLE
     if response.content:
-        print(json.dumps(response.json(), indent=2))
+        try:
+            print(json.dumps(response.json(), indent=2))
+        except ValueError:
+            print(response.text)
     return 0

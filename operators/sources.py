@@ -128,9 +128,11 @@ class FileSource(_PacketSource):
                 if not (ended and self.config.loop):
                     break
         except SourceError as e:
+            error = scrub(str(e))
             self.ctx.metrics.errors += 1
-            log.error("%s", e)
-            await emit(Control(ControlKind.END, self.ctx.stream_id, reason=str(e)))
+            self.ctx.metrics.source_failed(error)
+            log.error("%s", error)
+            await emit(Control(ControlKind.END, self.ctx.stream_id, reason=error))
             return
         finally:
             reader.close()
@@ -168,21 +170,25 @@ class RtspSource(_PacketSource):
         failures = 0
         reconnects = 0
         safe = redact_url(self.ctx.url)
+        last_error = ""  # why the last connection failed or ended (scrubbed), for the stream's state
         try:
             while not self.ctx.stop.is_set() and not self.limit_reached():
                 try:
                     demuxer = await reader.call(Demuxer, self.ctx.stream_id, self.ctx.url, options, timeout)
                 except SourceError as e:
                     failures += 1
+                    last_error = scrub(str(e))
                     self.ctx.metrics.events["connect_failures"] += 1
-                    log.warning("%s (attempt %d)", scrub(str(e)), failures)
+                    log.warning("%s (attempt %d)", last_error, failures)
                 else:
                     failures = 0
+                    last_error = f"{self.ctx.stream_id}: {safe} disconnected"
                     try:
                         await self.announce(emit, demuxer.info())
                         await self.pump(emit, demuxer, reader, pace=False)
                     except SourceError as e:
-                        log.warning("%s: read failed: %s", self.ctx.stream_id, scrub(str(e)))
+                        last_error = f"{self.ctx.stream_id}: read failed: {scrub(str(e))}"
+                        log.warning("%s", last_error)
                     finally:
                         await reader.call(demuxer.close)
                     if self.ctx.stop.is_set() or self.limit_reached():
@@ -191,12 +197,18 @@ class RtspSource(_PacketSource):
                     log.warning("%s: %s disconnected; reconnecting", self.ctx.stream_id, safe)
                 reconnects += 1
                 if cfg.max_reconnects is not None and reconnects > cfg.max_reconnects:
-                    raise SourceError(f"{self.ctx.stream_id}: gave up after {cfg.max_reconnects} reconnects")
+                    last = last_error.removeprefix(f"{self.ctx.stream_id}: ")
+                    raise SourceError(
+                        f"{self.ctx.stream_id}: gave up after {cfg.max_reconnects} reconnects (last: {last})"
+                    )
+                self.ctx.metrics.source_retrying(last_error)
                 await self._backoff(failures)
         except SourceError as e:
+            error = scrub(str(e))
             self.ctx.metrics.errors += 1
-            log.error("%s", scrub(str(e)))
-            await emit(Control(ControlKind.END, self.ctx.stream_id, reason=scrub(str(e))))
+            self.ctx.metrics.source_failed(error)
+            log.error("%s", error)
+            await emit(Control(ControlKind.END, self.ctx.stream_id, reason=error))
             return
         finally:
             reader.close()

@@ -62,7 +62,7 @@ def test_run_with_set_writes_summary_json(clip_720p: Path, tmp_path: Path) -> No
     assert summary["nodes"]["decode"]["in"] == 20
     lines = (tmp_path / "frames_jsonl.jsonl").read_text().splitlines()
     assert [json.loads(line)["seq"] for line in lines] == list(range(20))
-    assert "stream cam0: in 20 out 20" in result.stdout
+    assert "stream cam0 [ok]: 20 frames read, 20 out at events" in result.stdout
 
 
 def test_run_prints_progress_per_stream(clip_720p: Path, tmp_path: Path) -> None:
