@@ -11,9 +11,11 @@ from pydantic import BaseModel, ValidationError
 
 from engine import device as devices
 from engine import yamlsource
+from engine.config_issues import issues_of
 from engine.errors import ConfigIssue, FramegraphError, GraphConfigError
+from engine.kinds import KindNode, check_kinds
 from engine.registry import Operator, Source, known_names, resolve
-from engine.spec import GraphSpec, NodeSpec, QueueSpec, SourceSpec
+from engine.spec import GraphSpec, NodeSpec, QueueSpec, SourceSpec, op_for_url, unknown_scheme
 from engine.yamlsource import PathKey, SourcedDoc
 
 ALL_SOURCES = "sources"
@@ -65,54 +67,103 @@ def load_plan(path: str | Path, overrides: list[str] | None = None) -> GraphPlan
 
 
 def build_plan(doc: SourcedDoc) -> GraphPlan:
-    """Validate everything before anything starts; raise one error listing every issue."""
+    """Validate everything before anything starts; raise one error listing every issue.
+
+    Checks that do not depend on each other all run: a graph with a bad `queue.size` and a bad
+    `config.width` gets both, even though the first leaves no typed graph to build."""
     try:
         spec = GraphSpec.model_validate(doc.data)
     except ValidationError as e:
-        raise GraphConfigError(_issues(doc, (), e)) from e
+        found = issues_of(doc, (), e, GraphSpec)
+        _raw_checks(doc, found)
+        raise GraphConfigError(_in_file_order(doc, found)) from e
     issues: list[ConfigIssue] = []
     try:
         device, reason = devices.choose_device(spec.device)
     except FramegraphError as e:
-        raise GraphConfigError([doc.issue(("device",), str(e))]) from e
-    _check_ids(doc, spec, issues)
+        issues.append(doc.issue(("device",), str(e)))
+        device, reason = "cpu", ""
+    unique = _check_ids(doc, [s.id for s in spec.sources], [n.id for n in spec.nodes], issues)
     sources = [sp for i, s in enumerate(spec.sources) if (sp := _source_plan(doc, ("sources", i), s, issues))]
     nodes = [np_ for i, n in enumerate(spec.nodes) if (np_ := _node_plan(doc, i, n, device, issues))]
     edges = _edges(doc, spec, issues)
-    order = _topological(doc, spec, edges, issues)
+    order: list[str] = []
+    if unique:  # duplicate ids make edges ambiguous: their error is the only one about them
+        order = _topological(doc, spec, edges, issues)
+    if order:
+        _check_kinds(doc, spec, sources, nodes, edges, order, issues)
     if issues:
-        raise GraphConfigError(issues)
+        raise GraphConfigError(_in_file_order(doc, issues))
     by_id = {n.spec.id: n for n in nodes}
     return GraphPlan(spec, sources, [by_id[i] for i in order], edges, doc.name, device, reason)
 
 
-def _issues(doc: SourcedDoc, prefix: PathKey, e: ValidationError) -> list[ConfigIssue]:
-    out = []
-    for err in e.errors():
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-        # pydantic names union members in loc ("str", "EdgeSpec"); they are not keys
-        path = tuple(p for p in loc if p not in ("str", "EdgeSpec"))
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            msg = "unknown field"
-        elif err["type"] == "missing":
-            msg = "field required"
-        out.append(doc.issue((*prefix, *path), msg))
-    return out
+def _in_file_order(doc: SourcedDoc, issues: list[ConfigIssue]) -> list[ConfigIssue]:
+    """Issues by line of the graph file; those from --set (or without a line) first."""
+    prefix = f"{doc.name}:"
+
+    def line(issue: ConfigIssue) -> int:
+        rest = issue.origin[len(prefix) :] if issue.origin.startswith(prefix) else ""
+        return int(rest) if rest.isdigit() else 0
+
+    return sorted(issues, key=line)
 
 
-def _check_ids(doc: SourcedDoc, spec: GraphSpec, issues: list[ConfigIssue]) -> None:
+def _raw_checks(doc: SourcedDoc, issues: list[ConfigIssue]) -> None:
+    """What can still be checked when the graph as a whole did not validate: operator names and
+    configs, duplicate ids and inputs, on each source and node that is a mapping."""
+    data = doc.data if isinstance(doc.data, dict) else {}
+    raw_sources = [s if isinstance(s, dict) else {} for s in _list(data.get("sources"))]
+    raw_nodes = [n if isinstance(n, dict) else {} for n in _list(data.get("nodes"))]
+    device = "cpu"
+    if data.get("device", "auto") in ("auto", "cpu", "cuda"):
+        try:
+            device = devices.choose_device(data.get("device", "auto"))[0]
+        except FramegraphError as e:
+            issues.append(doc.issue(("device",), str(e)))
+    for i, s in enumerate(raw_sources):
+        url, op, config = s.get("url"), s.get("op"), s.get("config", {})
+        if isinstance(url, str) and (op is None or isinstance(op, str)) and isinstance(config, dict):
+            _source_checks(doc, ("sources", i), url, op, config, issues)
+    for i, n in enumerate(raw_nodes):
+        op, config = n.get("op"), n.get("config", {})
+        if isinstance(op, str) and isinstance(config, dict):
+            _node_checks(doc, i, op, "batch" in n and n["batch"] is not None, config, device, issues)
+    source_ids = [s.get("id") for s in raw_sources]
+    node_ids = [n.get("id") for n in raw_nodes]
+    if _check_ids(doc, source_ids, node_ids, issues):
+        known = [i for i in [*source_ids, *node_ids] if isinstance(i, str)]
+        for i, n in enumerate(raw_nodes):
+            for j, item in enumerate(_list(n.get("inputs"))):
+                src = item.get("from") if isinstance(item, dict) else item
+                if isinstance(src, str):
+                    _check_input(doc, ("nodes", i, "inputs", j), src, known, issues)
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _check_ids(
+    doc: SourcedDoc, source_ids: list[Any], node_ids: list[Any], issues: list[ConfigIssue]
+) -> bool:
+    """Reserved and duplicate ids; True when every id is unique."""
     seen: dict[str, str] = {}
-    entries = [("sources", i, s.id) for i, s in enumerate(spec.sources)]
-    entries += [("nodes", i, n.id) for i, n in enumerate(spec.nodes)]
+    unique = True
+    entries = [("sources", i, s) for i, s in enumerate(source_ids)]
+    entries += [("nodes", i, n) for i, n in enumerate(node_ids)]
     for section, index, ident in entries:
         path: PathKey = (section, index, "id")
+        if not isinstance(ident, str):
+            continue
         if ident == ALL_SOURCES:
             issues.append(doc.issue(path, f"'{ALL_SOURCES}' is reserved (it names every source)"))
         elif ident in seen:
+            unique = False
             issues.append(doc.issue(path, f"duplicate id {ident!r} (first used at {seen[ident]})"))
         else:
             seen[ident] = dotted_origin(doc, path)
+    return unique
 
 
 def dotted_origin(doc: SourcedDoc, path: PathKey) -> str:
@@ -132,27 +183,58 @@ def _lookup(doc: SourcedDoc, path: PathKey, name: str, issues: list[ConfigIssue]
 
 
 def _typed_config(
-    doc: SourcedDoc, path: PathKey, cls: Any, raw: dict[str, Any], issues: list[ConfigIssue]
+    doc: SourcedDoc,
+    path: PathKey,
+    cls: Any,
+    raw: dict[str, Any],
+    issues: list[ConfigIssue],
+    elsewhere: dict[str, type[BaseModel]] | None = None,
+    owner: str = "",
 ) -> BaseModel | None:
     try:
         config: BaseModel = cls.Config.model_validate(raw)
     except ValidationError as e:
-        issues.extend(_issues(doc, path, e))
+        issues.extend(issues_of(doc, path, e, cls.Config, elsewhere, owner))
         return None
     return config
+
+
+def _other_source_configs(name: str) -> dict[str, type[BaseModel]]:
+    """The configs of the source operators other than `name`: an unknown field may be theirs."""
+    out: dict[str, type[BaseModel]] = {}
+    for other in known_names():
+        if other == name or not other.startswith("source."):
+            continue
+        try:
+            cls = resolve(other)
+        except (KeyError, ImportError):
+            continue
+        if isinstance(cls, type) and issubclass(cls, Source):
+            out[other] = cls.Config
+    return out
+
+
+def _source_checks(
+    doc: SourcedDoc, prefix: PathKey, url: str, op: str | None, raw: dict[str, Any], issues: list[ConfigIssue]
+) -> tuple[Any, BaseModel | None]:
+    """The source's URL, operator and config: (class, typed config), None where they fail."""
+    name = op or op_for_url(url)
+    if name in ("source.file", "source.rtsp") and (why := unknown_scheme(url)) is not None:
+        issues.append(doc.issue((*prefix, "url"), why))
+    cls = _lookup(doc, (*prefix, "op"), name, issues)
+    if cls is None:
+        return None, None
+    if not issubclass(cls, Source):
+        issues.append(doc.issue((*prefix, "op"), f"{name!r} is not a source operator"))
+        return None, None
+    elsewhere = _other_source_configs(name)
+    return cls, _typed_config(doc, (*prefix, "config"), cls, raw, issues, elsewhere, name)
 
 
 def _source_plan(
     doc: SourcedDoc, prefix: PathKey, spec: SourceSpec, issues: list[ConfigIssue]
 ) -> SourcePlan | None:
-    name = spec.resolved_op
-    cls = _lookup(doc, (*prefix, "op"), name, issues)
-    if cls is None:
-        return None
-    if not issubclass(cls, Source):
-        issues.append(doc.issue((*prefix, "op"), f"{name!r} is not a source operator"))
-        return None
-    config = _typed_config(doc, (*prefix, "config"), cls, spec.config, issues)
+    cls, config = _source_checks(doc, prefix, spec.url, spec.op, spec.config, issues)
     return SourcePlan(spec, cls, config) if config is not None else None
 
 
@@ -162,7 +244,7 @@ def source_plan(data: Any, origin: str = "request") -> SourcePlan:
     try:
         spec = SourceSpec.model_validate(data)
     except ValidationError as e:
-        raise GraphConfigError(_issues(doc, (), e)) from e
+        raise GraphConfigError(issues_of(doc, (), e, SourceSpec)) from e
     issues: list[ConfigIssue] = []
     if spec.id == ALL_SOURCES:
         issues.append(doc.issue(("id",), f"'{ALL_SOURCES}' is reserved (it names every source)"))
@@ -172,69 +254,180 @@ def source_plan(data: Any, origin: str = "request") -> SourcePlan:
     return plan
 
 
+def _node_checks(
+    doc: SourcedDoc,
+    index: int,
+    op: str,
+    batched: bool,
+    raw: dict[str, Any],
+    device: str,
+    issues: list[ConfigIssue],
+) -> tuple[str, Any, BaseModel | None]:
+    """The node's operator and config: (operator name, class, typed config), None where they fail.
+    `op: decode` / `op: preprocess` are device aliases: the graph's device picks the operator."""
+    try:
+        name = devices.resolve_alias(op, device)
+    except FramegraphError as e:
+        issues.append(doc.issue(("nodes", index, "op"), str(e)))
+        return op, None, None
+    cls = _lookup(doc, ("nodes", index, "op"), name, issues)
+    if cls is None:
+        return name, None, None
+    if not issubclass(cls, Operator):
+        issues.append(doc.issue(("nodes", index, "op"), f"{op!r} is a source, not a node"))
+        return name, None, None
+    if batched and not cls.batching:
+        reason = f"operator {name!r} does not batch; remove 'batch'"
+        issues.append(doc.issue(("nodes", index, "batch"), reason))
+    return name, cls, _typed_config(doc, ("nodes", index, "config"), cls, raw, issues)
+
+
 def _node_plan(
     doc: SourcedDoc, index: int, spec: NodeSpec, device: str, issues: list[ConfigIssue]
 ) -> NodePlan | None:
-    """`op: decode` / `op: preprocess` are device aliases: the graph's device picks the operator."""
-    try:
-        name = devices.resolve_alias(spec.op, device)
-    except FramegraphError as e:
-        issues.append(doc.issue(("nodes", index, "op"), str(e)))
-        return None
-    cls = _lookup(doc, ("nodes", index, "op"), name, issues)
-    if cls is None:
-        return None
-    if not issubclass(cls, Operator):
-        issues.append(doc.issue(("nodes", index, "op"), f"{spec.op!r} is a source, not a node"))
-        return None
-    if spec.batch is not None and not cls.batching:
-        reason = f"operator {name!r} does not batch; remove 'batch'"
-        issues.append(doc.issue(("nodes", index, "batch"), reason))
-    config = _typed_config(doc, ("nodes", index, "config"), cls, spec.config, issues)
+    name, cls, config = _node_checks(doc, index, spec.op, spec.batch is not None, spec.config, device, issues)
     return NodePlan(spec, cls, config, name) if config is not None else None
+
+
+def _check_input(
+    doc: SourcedDoc, path: PathKey, src: str, known: list[str], issues: list[ConfigIssue]
+) -> bool:
+    """Whether an input names a node, a source or 'sources'; an issue with a hint if not."""
+    if src == ALL_SOURCES or src in known:
+        return True
+    close = difflib.get_close_matches(src, [ALL_SOURCES, *known], n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    issues.append(doc.issue(path, f"input {src!r} is not a node or source{hint}"))
+    return False
 
 
 def _edges(doc: SourcedDoc, spec: GraphSpec, issues: list[ConfigIssue]) -> list[Edge]:
     source_ids = [s.id for s in spec.sources]
-    node_ids = {n.id for n in spec.nodes}
+    known = [*source_ids, *sorted({n.id for n in spec.nodes})]
     edges: list[Edge] = []
     for index, node in enumerate(spec.nodes):
         for j, (src, queue) in enumerate(node.edges()):
-            path: PathKey = ("nodes", index, "inputs", j)
+            if not _check_input(doc, ("nodes", index, "inputs", j), src, known, issues):
+                continue
             if src == ALL_SOURCES:
                 edges.extend(Edge(s, node.id, queue) for s in source_ids)
-            elif src in node_ids or src in source_ids:
-                edges.append(Edge(src, node.id, queue))
             else:
-                known = [ALL_SOURCES, *source_ids, *sorted(node_ids)]
-                close = difflib.get_close_matches(src, known, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                issues.append(doc.issue(path, f"input {src!r} is not a node or source{hint}"))
+                edges.append(Edge(src, node.id, queue))
     return edges
 
 
 def _topological(doc: SourcedDoc, spec: GraphSpec, edges: list[Edge], issues: list[ConfigIssue]) -> list[str]:
+    """Node ids in topological order (ties in file order); [] after a cycle, each cycle reported."""
     node_ids = [n.id for n in spec.nodes]
-    upstream: dict[str, set[str]] = {n: set() for n in node_ids}
+    downstream: dict[str, list[str]] = {n: [] for n in node_ids}
     for e in edges:
-        if e.src in upstream:
-            upstream[e.dst].add(e.src)
+        if e.src in downstream and e.dst not in downstream[e.src]:
+            downstream[e.src].append(e.dst)
+    cycles = find_cycles(node_ids, downstream)
+    for cycle in cycles:
+        reason = f"cycle {' -> '.join(cycle)}: a graph must be acyclic"
+        issues.append(doc.issue(("nodes", node_ids.index(cycle[0]), "inputs"), reason))
+    if cycles:
+        return []
+    waiting = {n: sum(n in downstream[u] for u in node_ids) for n in node_ids}
     order: list[str] = []
-    ready = [n for n in node_ids if not upstream[n]]
+    ready = [n for n in node_ids if not waiting[n]]
     while ready:
         current = ready.pop(0)
         order.append(current)
-        for n in node_ids:
-            if current in upstream[n]:
-                upstream[n].discard(current)
-                if not upstream[n] and n not in order and n not in ready:
-                    ready.append(n)
-    if len(order) < len(node_ids):
-        cyclic = [n for n in node_ids if n not in order]
-        index = node_ids.index(cyclic[0])
-        reason = f"cycle among nodes {', '.join(cyclic)}: a graph must be acyclic"
-        issues.append(doc.issue(("nodes", index, "inputs"), reason))
-    fed_by_source = any(e.src in {s.id for s in spec.sources} for e in edges)
-    if not fed_by_source and not issues:
+        for n in downstream[current]:
+            waiting[n] -= 1
+            if not waiting[n]:
+                ready.append(n)
+    if not any(e.src in {s.id for s in spec.sources} for e in edges) and not issues:
         issues.append(doc.issue(("nodes",), "no node reads from a source"))
     return order
+
+
+def find_cycles(nodes: list[str], downstream: dict[str, list[str]]) -> list[list[str]]:
+    """One cycle per strongly connected component that has one (Tarjan), as a path from its first
+    node in `nodes` order back to it: ['a', 'b', 'a']. Nodes that only hang off a cycle are not named."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    components: list[set[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in downstream[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component: set[str] = set()
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.add(w)
+                if w == v:
+                    break
+            if len(component) > 1 or v in downstream[v]:
+                components.append(component)
+
+    for v in nodes:
+        if v not in index:
+            visit(v)
+    cycles = []
+    for component in components:
+        first = next(n for n in nodes if n in component)
+        cycles.append(_path_back(first, component, downstream))
+    return sorted(cycles, key=lambda c: nodes.index(c[0]))
+
+
+def _path_back(start: str, component: set[str], downstream: dict[str, list[str]]) -> list[str]:
+    """The shortest path start -> ... -> start inside a strongly connected component (BFS)."""
+    came_from: dict[str, str] = {}
+    frontier = [start]
+    while frontier:
+        nxt: list[str] = []
+        for v in frontier:
+            for w in downstream[v]:
+                if w not in component:
+                    continue
+                if w == start:
+                    path = [v]
+                    while path[-1] != start:
+                        path.append(came_from[path[-1]])
+                    return [start, *reversed(path[:-1]), start] if v != start else [start, start]
+                if w not in came_from:
+                    came_from[w] = v
+                    nxt.append(w)
+        frontier = nxt
+    return [start, start]
+
+
+def _check_kinds(
+    doc: SourcedDoc,
+    spec: GraphSpec,
+    sources: list[SourcePlan],
+    nodes: list[NodePlan],
+    edges: list[Edge],
+    order: list[str],
+    issues: list[ConfigIssue],
+) -> None:
+    """Each node is fed what it takes (engine/kinds.py): packets or frames, and what frames carry."""
+    source_cls = {sp.spec.id: sp.cls for sp in sources}
+    by_source = {s.id: (s.resolved_op, source_cls.get(s.id)) for s in spec.sources}
+    plans = {n.spec.id: n for n in nodes}
+    specs = {n.id: (i, n) for i, n in enumerate(spec.nodes)}
+    inputs: dict[str, list[str]] = {n: [] for n in order}
+    for e in edges:
+        inputs[e.dst].append(e.src)
+    kind_nodes = []
+    for nid in order:
+        plan = plans.get(nid)
+        op = plan.op if plan is not None else specs[nid][1].op
+        cls = plan.cls if plan is not None else None
+        kind_nodes.append(KindNode(nid, op, cls, plan.config if plan else None, inputs[nid]))
+    for nid, reason in check_kinds(by_source, kind_nodes).items():
+        issues.append(doc.issue(("nodes", specs[nid][0], "inputs"), reason))

@@ -37,6 +37,7 @@ class OperatorContext:
     upstream: list[BaseModel] = field(default_factory=list)  # configs of the nodes feeding this one
     tracer: Any = None  # engine.tracing.FrameTracer when the graph traces frames
     pinned_threads: int = 2  # threads of run_pinned (the runtime sets the node's `workers`)
+    preflight: bool = False  # set up by `validate --connect`: reach servers, make no output files
     _pinned: ThreadPoolExecutor | None = None
 
     async def run_blocking(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -62,6 +63,11 @@ class Operator(Generic[ConfigT]):
 
     Config: ClassVar[type[BaseModel]] = EmptyConfig
     batching: ClassVar[bool] = False  # True: the runtime hands lists across streams
+    # what it takes and hands on, checked by `validate` (engine/kinds.py); None: not declared
+    consumes: ClassVar[str | None] = None
+    produces: ClassVar[str | None] = None
+    # config fields that name model outputs this operator reads (checked by `validate --connect`)
+    model_outputs: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: ConfigT, ctx: OperatorContext) -> None:
         self.config = config
@@ -123,6 +129,7 @@ class Source(Generic[ConfigT]):
     """Produces one stream's messages (Control START, packets or frames, Control END)."""
 
     Config: ClassVar[type[BaseModel]] = EmptyConfig
+    produces: ClassVar[str | None] = None  # "packets" or "frames" (engine/kinds.py); None: unknown
 
     def __init__(self, config: ConfigT, ctx: SourceContext) -> None:
         self.config = config

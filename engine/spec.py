@@ -8,6 +8,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_\-]*$"
 QueuePolicy = Literal["block", "drop_oldest", "drop_newest", "latency"]
+RTSP_SCHEMES = ("rtsp", "rtsps")
+# what source.file reads through FFmpeg besides paths (a `scheme://` not here is a typo, not a file)
+FILE_SCHEMES = ("file", "http", "https", "rtmp", "rtmps", "srt", "udp", "tcp", "rtp", "ftp")
 
 
 class StrictModel(BaseModel):
@@ -70,10 +73,26 @@ class SourceSpec(StrictModel):
     @property
     def resolved_op(self) -> str:
         """The operator that reads this source."""
-        if self.op:
-            return self.op
-        scheme = self.url.split("://", 1)[0].lower() if "://" in self.url else ""
-        return "source.rtsp" if scheme in ("rtsp", "rtsps") else "source.file"
+        return self.op or op_for_url(self.url)
+
+
+def url_scheme(url: str) -> str:
+    """The lowercased `scheme` of `scheme://...`; '' for a path."""
+    return url.split("://", 1)[0].lower() if "://" in url else ""
+
+
+def op_for_url(url: str) -> str:
+    """The source operator a URL picks when a source names none."""
+    return "source.rtsp" if url_scheme(url) in RTSP_SCHEMES else "source.file"
+
+
+def unknown_scheme(url: str) -> str | None:
+    """Why a source URL's scheme cannot be read (None: a path or a known scheme)."""
+    scheme = url_scheme(url)
+    if not scheme or scheme in RTSP_SCHEMES or scheme in FILE_SCHEMES:
+        return None
+    known = ", ".join(f"{s}://" for s in (*RTSP_SCHEMES, *FILE_SCHEMES))
+    return f"unknown URL scheme {scheme + '://'!r}: give a file path or a URL of {known}"
 
 
 class NodeSpec(StrictModel):

@@ -38,7 +38,19 @@ class SourcedDoc:
         return self.name
 
     def issue(self, path: PathKey, reason: str) -> ConfigIssue:
-        return ConfigIssue(self.origin_of(path), dotted(path), reason)
+        """A located issue; one whose origin is `--set` of this very path prints the path once."""
+        origin = self.origin_of(path)
+        if origin.startswith("--set ") and self.origins.get(tuple(path)) == origin:
+            return SetIssue(origin, dotted(path), reason)
+        return ConfigIssue(origin, dotted(path), reason)
+
+
+@dataclass(frozen=True)
+class SetIssue(ConfigIssue):
+    """An issue in the value a `--set PATH=...` gave: its origin names the path already."""
+
+    def __str__(self) -> str:
+        return f"{self.origin}: {self.reason}"
 
 
 def load_text(text: str, name: str) -> SourcedDoc:
@@ -94,6 +106,8 @@ def _build(node: yaml.Node, path: PathKey, doc: SourcedDoc, issues: list[ConfigI
             return interpolate(value)
         except KeyError as e:
             issues.append(doc.issue(path, f"environment variable {e.args[0]} is not set"))
+        except ValueError as e:
+            issues.append(doc.issue(path, str(e)))
     return value
 
 
@@ -109,7 +123,13 @@ def _scalar(node: yaml.Node, doc: SourcedDoc, path: PathKey, issues: list[Config
 
 
 def interpolate(value: str) -> str:
-    """Replace `${env:VAR}` and `${env:VAR,default}`; KeyError names a missing VAR."""
+    """Replace `${env:VAR}` and `${env:VAR,default}`; KeyError names a missing VAR, ValueError
+    says why a `${env:` is not one (unclosed, or not a variable name)."""
+    if "${env:" in _ENV_RE.sub("", value):
+        raise ValueError(
+            "unclosed or malformed '${env:...}': write ${env:VAR} or ${env:VAR,default} "
+            "(VAR: letters, digits, _)"
+        )
 
     def sub(m: re.Match[str]) -> str:
         var, default = m.group(1), m.group(2)

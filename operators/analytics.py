@@ -118,6 +118,7 @@ class _Stream:
 class ZoneAnalytics(Operator[ZonesConfig]):
     """Raises zone.enter / zone.leave / zone.dwell / line.cross events for tracked detections."""
 
+    consumes, produces = "frames+detections", "same"
     Config = ZonesConfig
 
     def __init__(self, config: ZonesConfig, ctx: OperatorContext) -> None:

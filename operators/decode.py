@@ -129,6 +129,7 @@ class _StreamDecoder:
 class PyAVDecode(Operator[PyAVDecodeConfig]):
     """H.264/H.265/... packets in, RGB or BGR numpy frames out; corrupt packets counted."""
 
+    consumes, produces = "packets", "frames"
     Config = PyAVDecodeConfig
 
     def __init__(self, config: PyAVDecodeConfig, ctx: OperatorContext) -> None:

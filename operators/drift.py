@@ -108,6 +108,7 @@ class _Stream:
 class DriftMonitor(Operator[DriftConfig]):
     """Frames pass unchanged, with drift events added where a condition starts or ends."""
 
+    consumes, produces = "frames", "same"
     Config = DriftConfig
 
     def __init__(self, config: DriftConfig, ctx: OperatorContext) -> None:

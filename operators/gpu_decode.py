@@ -412,6 +412,7 @@ def _packet_bytes(data: Any) -> bytes:
 class NvDecode(Operator[NvDecodeConfig]):
     """H.264/HEVC/AV1 packets in, CUDA RGB frames (torch, H x W x 3 uint8) out, on NVDEC."""
 
+    consumes, produces = "packets", "frames"
     Config = NvDecodeConfig
 
     def __init__(self, config: NvDecodeConfig, ctx: OperatorContext) -> None:

@@ -141,6 +141,7 @@ def torch_letterbox(
 class TorchPreprocess(Operator[PreprocessConfig]):
     """preprocess.cpu's transform with torch on the frames' GPU, one batch per source size."""
 
+    consumes, produces = "frames", "+tensor"
     Config = PreprocessConfig
     batching = True
 
@@ -178,6 +179,7 @@ class DaliPreprocess(Operator[PreprocessConfig]):
     source size and reused. Without DALI, setup fails and names preprocess.torch instead.
     """
 
+    consumes, produces = "frames", "+tensor"
     Config = PreprocessConfig
     batching = True
 

@@ -47,6 +47,7 @@ def read_rgb(path: str, image: GoldenImage) -> np.ndarray:
 class ImageSource(Source[ImageSourceConfig]):
     """Control START, one Frame per image (capture_ns: when it was emitted), Control END."""
 
+    produces = "frames"
     Config = ImageSourceConfig
 
     async def run(self, emit: Emit) -> None:

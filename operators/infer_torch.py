@@ -235,6 +235,7 @@ def _split(frames: list[Frame], max_batch: int) -> list[list[Frame]]:
 class TorchInfer(Operator[TorchInferConfig]):
     """Frames with `tensor` in, the same frames with `outputs` (or degraded) out."""
 
+    consumes, produces = "frames+tensor", "+outputs"
     Config = TorchInferConfig
     batching = True
 

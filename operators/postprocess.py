@@ -166,6 +166,8 @@ class CenterFacePostprocess(Operator[CenterFaceConfig]):
     Decoding takes ~0.3 ms per 640x384 frame, so it runs inline on the event loop.
     """
 
+    model_outputs = ("heatmap", "scale", "offset", "landmarks")  # config fields naming outputs
+    consumes, produces = "frames+outputs", "+detections"
     Config = CenterFaceConfig
 
     async def process(self, item: Item) -> Sequence[Item]:
@@ -206,6 +208,8 @@ class TextSegConfig(StrictModel):
 class TextSegPostprocess(Operator[TextSegConfig]):
     """Sets `frame.detections`: text boxes (class 0), their 4-point polygons in `masks`."""
 
+    model_outputs = ("output",)  # the config field naming the output it reads
+    consumes, produces = "frames+outputs", "+detections"
     Config = TextSegConfig
 
     async def process(self, item: Item) -> Sequence[Item]:

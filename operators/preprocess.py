@@ -69,6 +69,7 @@ def preprocess_image(
 class CpuPreprocess(Operator[PreprocessConfig]):
     """Sets `Frame.tensor` and `Frame.letterbox`; the image itself is left untouched."""
 
+    consumes, produces = "frames", "+tensor"
     Config = PreprocessConfig
 
     async def process(self, item: Item) -> Sequence[Item]:

@@ -74,6 +74,7 @@ class _StreamMemory:
 class Redact(Operator[RedactConfig]):
     """Frames with `detections` in; new frames with redacted images (or none: withheld) out."""
 
+    consumes, produces = "frames+detections", "+redacted"
     Config = RedactConfig
 
     def __init__(self, config: RedactConfig, ctx: OperatorContext) -> None:

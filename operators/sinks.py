@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from engine.errors import OperatorError
 from engine.events import frame_events, plain
 from engine.frame import Frame, Item, Packet, now_ns
 from engine.registry import Operator
@@ -64,6 +65,24 @@ def frame_record(frame: Frame, graph: str) -> dict[str, Any]:
     return record
 
 
+def _why(e: OSError) -> str:
+    if isinstance(e, FileExistsError | NotADirectoryError):
+        return "a file is in the way of its directory (--output must name a directory)"
+    return e.strerror or str(e)
+
+
+def output_problem(path: Path) -> None:
+    """Raise OperatorError if `path` could not be written (a file where a directory must be, a
+    directory that cannot be made), without creating anything."""
+    for parent in [path.parent, *path.parent.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OperatorError(f"cannot write {path}: {parent} is a file, not a directory (--output)")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise OperatorError(f"cannot write {path}: {parent} is not writable")
+            return
+
+
 class JsonlSink(Operator[JsonlConfig]):
     """Appends JSON lines to a file under the run's output directory; passes frames on.
 
@@ -72,6 +91,7 @@ class JsonlSink(Operator[JsonlConfig]):
     splitting or interleaving a line.
     """
 
+    consumes, produces = "any", "same"
     Config = JsonlConfig
     _fd: int | None = None
     _lines: list[str]
@@ -82,9 +102,15 @@ class JsonlSink(Operator[JsonlConfig]):
         return self.ctx.output_dir / self.config.path.format(graph=self.ctx.graph_name)
 
     async def setup(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self._lines = []
+        if self.ctx.preflight:  # validate --connect: say whether it could write, write nothing
+            output_problem(self.path)
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise OperatorError(f"node {self.ctx.node_id}: cannot write {self.path}: {_why(e)}") from e
 
     async def teardown(self) -> None:
         if self._fd is not None:
@@ -120,6 +146,8 @@ class JsonlSink(Operator[JsonlConfig]):
 
 class NullSink(Operator[Any]):
     """Discards nothing and writes nothing: ends a graph for benchmarks (frames are counted)."""
+
+    consumes, produces = "any", "same"
 
     async def process(self, item: Item) -> Sequence[Item]:
         if not isinstance(item, Frame | Packet):

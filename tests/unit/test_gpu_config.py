@@ -94,7 +94,7 @@ def test_gpu_graph_errors_name_the_field() -> None:
     text = str(info.value)
     assert "nodes.0.config.gpu_id" in text
     assert "nodes.2.config.batch: unknown field" in text
-    with pytest.raises(GraphConfigError, match=r"nodes.2.config: Value error, fp16 needs device cuda"):
+    with pytest.raises(GraphConfigError, match=r"nodes.2.config: fp16 needs device cuda"):
         plan_from_yaml(gpu_graph(infer="fp16: true, device: cpu"))
 
 

@@ -123,7 +123,7 @@ def test_the_trace_check_catches_a_trace_that_baked_in_the_batch() -> None:
 
 
 async def test_infer_torch_missing_model_file_is_a_clear_error(small_h264: Path) -> None:
-    graph = infer_graph(small_h264, None, "onnx_path: no/such.onnx", collect=False)
+    graph = infer_graph(small_h264, "width: 64, height: 64", "onnx_path: no/such.onnx", collect=False)
     with pytest.raises(FramegraphError, match=r"model file 'no/such.onnx' not found .*setup_models.py"):
         await run_graph(graph, max_frames=1)
 

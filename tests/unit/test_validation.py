@@ -50,7 +50,7 @@ BROKEN = [
     ),
     pytest.param(
         GOOD.replace("inputs: [sources]", "inputs: [sink]"),
-        "g.yaml:8: nodes.0.inputs: cycle among nodes decode, sink: a graph must be acyclic",
+        "g.yaml:8: nodes.0.inputs: cycle decode -> sink -> decode: a graph must be acyclic",
         id="cycle",
     ),
     pytest.param(
@@ -60,12 +60,12 @@ BROKEN = [
     ),
     pytest.param(
         GOOD.replace("    op: decode.pyav", "    op: decode.pyav\n    config: {threads: -1}"),
-        "g.yaml:8: nodes.0.config.threads: Input should be greater than or equal to 0",
+        "g.yaml:8: nodes.0.config.threads: must be greater than or equal to 0",
         id="bad-config-value",
     ),
     pytest.param(
         GOOD.replace("    op: decode.pyav", "    op: decode.pyav\n    config:\n      thread: 2"),
-        "g.yaml:9: nodes.0.config.thread: unknown field",
+        "g.yaml:9: nodes.0.config.thread: unknown field; did you mean 'threads'?",
         id="unknown-config-key",
     ),
     pytest.param(
@@ -75,12 +75,12 @@ BROKEN = [
     ),
     pytest.param(
         GOOD.replace("    op: sink.jsonl", "    op: sink.jsonl\n    queue: {policy: latency}"),
-        "g.yaml:11: nodes.1.queue: Value error, policy 'latency' needs budget_ms",
+        "g.yaml:11: nodes.1.queue: policy 'latency' needs budget_ms",
         id="latency-without-budget",
     ),
     pytest.param(
         GOOD.replace("    op: sink.jsonl", "    op: sink.jsonl\n    queue: {size: 0}"),
-        "g.yaml:11: nodes.1.queue.size: Input should be greater than or equal to 1",
+        "g.yaml:11: nodes.1.queue.size: must be greater than or equal to 1",
         id="zero-queue",
     ),
     pytest.param(
@@ -113,12 +113,12 @@ BROKEN = [
     ),
     pytest.param(
         GOOD.replace("  - id: decode", "  - id: 'bad id'"),
-        "g.yaml:6: nodes.0.id: String should match pattern '^[A-Za-z_][A-Za-z0-9_\\-]*$'",
+        "g.yaml:6: nodes.0.id: must match pattern '^[A-Za-z_][A-Za-z0-9_\\-]*$'",
         id="bad-id",
     ),
     pytest.param(
         "name: g\nsources: []\nnodes: []\n",
-        "g.yaml:2: sources: List should have at least 1 item after validation, not 0",
+        "g.yaml:2: sources: must have at least 1 item, not 0",
         id="empty-sources",
     ),
 ]
@@ -159,7 +159,8 @@ def test_set_errors_name_the_override() -> None:
     yamlsource.apply_override(doc, "nodes.decode.config.threads=many")
     with pytest.raises(GraphConfigError) as info:
         build_plan(doc)
-    assert str(info.value.issues[0]).startswith("--set nodes.decode.config.threads: nodes.0.config.threads:")
+    assert str(info.value.issues[0]) == "--set nodes.decode.config.threads: must be a whole number, got text"
+    assert info.value.issues[0].field == "nodes.0.config.threads"
     with pytest.raises(GraphConfigError, match="index 5 out of range"):
         yamlsource.apply_override(doc, "sources.5.url=x")
     with pytest.raises(GraphConfigError, match="no item with id 'cam9'"):
