@@ -436,7 +436,7 @@ class Runtime:
             node.metrics.drop(item.stream_id, reason)
         if node.errors_logged < _ERRORS_LOGGED_PER_NODE:
             node.errors_logged += 1
-            log.warning("node %s dropped %d item(s): %s: %s", node.id, len(items), reason, e)
+            log.warning("node %s dropped %d item(s): %s: %s", node.id, len(items), reason, scrub(str(e)))
 
     async def _emit(self, node: _Node, out: Sequence[Item]) -> None:
         node.metrics.items_out += len(out)
@@ -475,7 +475,7 @@ class Runtime:
                 await self._emit(node, await op.on_stream_end(sid))
         except Exception as e:
             node.metrics.errors += 1
-            log.error("node %s: stream %s %s hook failed: %s", node.id, sid, msg.kind.value, e)
+            log.error("node %s: stream %s %s hook failed: %s", node.id, sid, msg.kind.value, scrub(str(e)))
         for q in node.outputs:
             await q.put(msg)
         if msg.kind is ControlKind.END and node.primary_terminal and sid not in self.streams:

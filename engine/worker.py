@@ -20,6 +20,7 @@ from engine.errors import FramegraphError
 from engine.plan import GraphPlan, source_plan
 from engine.runtime import RunOptions, Runtime
 from engine.store import StreamStore
+from operators.urls import scrub
 
 log = logging.getLogger("framegraph.worker")
 SAFETY = 0.7  # stop a stream whose lease was last renewed this share of the TTL ago
@@ -128,8 +129,8 @@ class Worker:
             plan = source_plan(spec, origin=f"stream {sid}")
             self.runtime.add_stream(plan)
         except FramegraphError as e:
-            self.errors[sid] = str(e)
-            log.error("worker %s: stream %s cannot start: %s", self.worker_id, sid, e)
+            self.errors[sid] = scrub(str(e))  # the API shows it: a URL in it loses its password
+            log.error("worker %s: stream %s cannot start: %s", self.worker_id, sid, self.errors[sid])
             await self.store.release(sid, self.worker_id)
             return
         self.errors.pop(sid, None)

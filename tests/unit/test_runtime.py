@@ -283,3 +283,24 @@ async def test_pipelined_batches_keep_per_stream_order() -> None:
   - {id: out, op: test.collect, inputs: [infer], queue: {size: 256}}"""
     runtime, _ = await run_graph(graph(synthetic(3, 40), nodes))
     assert seqs_by_stream(runtime.operator("out")) == {f"s{i}": list(range(40)) for i in range(3)}  # type: ignore[arg-type]
+
+
+@register("test.leaky_failure")
+class _LeakyFailure(SlowOperator):
+    """Fails every item with an error that quotes a URL and its password (as FFmpeg's do)."""
+
+    async def process(self, item: Item) -> Sequence[Item]:
+        raise OSError("Connection refused: 'rtsp://admin:Secret7@10.0.0.5/cam'")
+
+
+async def test_a_node_failure_is_logged_without_the_password_it_quotes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    nodes = "  - {id: work, op: test.leaky_failure, inputs: [sources]}"
+    with caplog.at_level("WARNING", logger="framegraph.runtime"):
+        _, summary = await run_graph(graph(synthetic(1, 3), nodes))
+    logged = [r.getMessage() for r in caplog.records if "node work dropped" in r.getMessage()]
+    assert logged
+    assert "rtsp://***@10.0.0.5/cam" in logged[0]
+    assert not any("Secret7" in r.getMessage() for r in caplog.records)
+    assert summary["nodes"]["work"]["dropped_by_reason"] == {"error:OSError": 3}
