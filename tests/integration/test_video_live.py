@@ -11,10 +11,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
+from engine.errors import GraphConfigError
 from engine.golden_clip import read_frames
 from engine.leakcheck import CenterFaceOnnx, check_against_input
-from engine.testing import run_graph
+from engine.testing import plan_from_yaml, run_graph
 from tests.integration.conftest import RtspServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -81,7 +83,16 @@ async def test_sink_rtsp_pushes_to_a_record_mount_and_the_server_gets_the_video(
 async def test_sink_rtsp_refuses_unredacted_frames_and_never_connects(
     tmp_path: Path, clip_720p: Path
 ) -> None:
-    _, summary = await run_graph(push_graph(clip_720p, "rtsp://127.0.0.1:9/none"), output_dir=tmp_path)
+    direct = push_graph(clip_720p, "rtsp://127.0.0.1:9/none")
+    with pytest.raises(GraphConfigError, match="add a redact node before it"):
+        plan_from_yaml(direct)  # validation sees the missing redact node ...
+    # ... and where it cannot (an operator that declares nothing in between), the sink refuses
+    opaque = direct.replace(
+        "  - {id: push, op: sink.rtsp, inputs: [decode]",
+        "  - {id: opaque, op: test.slow, inputs: [decode], config: {delay_ms: 0}}\n"
+        "  - {id: push, op: sink.rtsp, inputs: [opaque]",
+    )
+    _, summary = await run_graph(opaque, output_dir=tmp_path)
     push = summary["nodes"]["push"]
     assert push["dropped_by_reason"] == {"unredacted": 60}
     assert "events" not in push  # no connection was tried
