@@ -121,6 +121,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--url", help="with add: the stream's URL")
     s.add_argument("--op", help="with add: the source operator")
     s.add_argument("--config", default="{}", help="with add: the source config as JSON")
+    s.add_argument("--json", action="store_true", help="with ls: print the API's JSON, not a table")
     from engine.eval_cli import add_parser as add_eval_parser
 
     add_eval_parser(sub)

@@ -39,7 +39,8 @@ def _body(args: argparse.Namespace) -> dict[str, Any] | str:
 
 
 def streams_command(args: argparse.Namespace) -> int:
-    """Run `streams ls|add|rm` against the API at `args.api`; print the answer as JSON."""
+    """Run `streams ls|add|rm` against the API at `args.api`; print the answer (`ls`: a table,
+    or JSON with --json; add: the stream as JSON; rm: a line)."""
     if not args.api.startswith(("http://", "https://")):
         return _usage(f"--api must be an http:// or https:// URL, got {args.api!r}")
     body: dict[str, Any] | str | None = None
@@ -67,7 +68,48 @@ def streams_command(args: argparse.Namespace) -> int:
         return EXIT_UNREACHABLE
     if response.content:
         try:
-            print(json.dumps(response.json(), indent=2))
+            answer = response.json()
         except ValueError:
             print(response.text)
+            return 0
+        if args.action == "ls" and not args.json and isinstance(answer, list):
+            print(streams_table(answer))
+        else:
+            print(json.dumps(answer, indent=2))
+    elif args.action == "rm":
+        print(f"removed {args.stream_id}")
     return 0
+
+
+_COLUMNS = (  # header, key, width-limited
+    ("ID", "id"),
+    ("STATE", "state"),
+    ("OWNER", "owner"),
+    ("FPS", "fps"),
+    ("P95 MS", "latency_p95_ms"),
+    ("IN", "frames_in"),
+    ("OUT", "frames_out"),
+    ("DROPPED", "dropped"),
+    ("RECONNECTS", "reconnects"),
+    ("URL", "url"),
+)
+
+
+def streams_table(streams: list[dict[str, Any]]) -> str:
+    """GET /streams as a table, one stream a row; an `error` goes on its own line under its row."""
+    if not streams:
+        return "no streams"
+
+    def cell(value: Any) -> str:
+        if value is None:
+            return "-"
+        return f"{value:g}" if isinstance(value, float) else str(value)
+
+    rows = [[cell(s.get(key)) for _, key in _COLUMNS] for s in streams]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, (h, _) in enumerate(_COLUMNS)]
+    lines = ["  ".join(h.ljust(w) for (h, _), w in zip(_COLUMNS, widths, strict=True)).rstrip()]
+    for s, row in zip(streams, rows, strict=True):
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        if s.get("error"):
+            lines.append(f"  error: {s['error']}")
+    return "\n".join(lines)

@@ -173,9 +173,16 @@ def test_worker_stream_that_cannot_open_is_failed_in_streams_ls(tmp_path: Path) 
         streams: dict[str, dict[str, object]] = {}
         while streams.get("camx", {}).get("state") != "failed":
             assert time.monotonic() < deadline, streams
-            listed = framegraph("streams", "ls", "--api", api)
+            listed = framegraph("streams", "ls", "--api", api, "--json")
             streams = {s["id"]: s for s in json.loads(listed.stdout)}
         assert streams["camx"]["error"] == f"camx: cannot open {missing}: No such file or directory"
+        table = framegraph("streams", "ls", "--api", api).stdout.splitlines()  # what a person reads
+        assert table[0].split()[:3] == ["ID", "STATE", "OWNER"]
+        row = next(i for i, line in enumerate(table) if line.startswith("camx "))
+        assert table[row].split()[1] == "failed"
+        assert table[row + 1] == f"  error: camx: cannot open {missing}: No such file or directory"
+        removed = framegraph("streams", "rm", "camx", "--api", api)
+        assert (removed.returncode, removed.stdout.strip()) == (0, "removed camx")
     finally:
         worker.terminate()
         worker.wait(20)
