@@ -32,6 +32,9 @@ class StreamInfo:
     time_base: Fraction = Fraction(1, 90000)
     extradata: bytes | None = None
     url: str = ""  # always the redacted form: never holds a password
+    # when the source made it (it had connected): before its first frame's capture time, so a
+    # `connected` health event sorts before the stream's first detections
+    connected_ns: int = field(default_factory=now_ns, compare=False)
 
 
 class ControlKind(str, Enum):

@@ -337,7 +337,9 @@ class KafkaSink(Operator[KafkaSinkConfig]):
             logger.removeFilter(self._quiet_filter)
 
     async def on_stream_start(self, info: StreamInfo) -> None:
-        await self._health(info.stream_id, "connected")
+        # stamped when the source connected: the start reaches this sink after the nodes before it
+        # set the stream up, by when its first frames have been captured
+        await self._health(info.stream_id, "connected", at_ns=info.connected_ns)
 
     async def on_stream_reset(self, info: StreamInfo) -> Sequence[Item]:
         await self._health(info.stream_id, "reconnecting", "the source reconnected")
@@ -364,9 +366,11 @@ class KafkaSink(Operator[KafkaSinkConfig]):
             return self._secret_filter.scrub(text)
         return self._secret_filter.scrub(text if text.startswith(name) else f"{name}: {text}")
 
-    async def _health(self, stream_id: str, status: HealthStatus, reason: str = "") -> None:
+    async def _health(
+        self, stream_id: str, status: HealthStatus, reason: str = "", at_ns: int | None = None
+    ) -> None:
         if self.config.health_events:
-            await self._publish([health_event(stream_id, status, self.ctx.graph_name, reason)])
+            await self._publish([health_event(stream_id, status, self.ctx.graph_name, reason, at_ns)])
 
     async def _publish(self, events: list[dict[str, Any]], frame: Frame | None = None) -> None:
         if not events or self._publisher is None:

@@ -10,8 +10,11 @@ import pytest
 from pydantic import ValidationError
 
 from engine.errors import GraphConfigError
+from engine.frame import StreamInfo
+from engine.metrics import NodeMetrics
+from engine.registry import OperatorContext
 from engine.testing import plan_from_yaml, run_graph
-from operators.kafka_sink import KafkaSinkConfig, producer_options
+from operators.kafka_sink import KafkaSink, KafkaSinkConfig, producer_options
 
 SECRET = "pw-8f3a-do-not-leak"
 
@@ -129,3 +132,19 @@ async def test_kafka_python_debug_logs_of_a_sasl_exchange_are_scrubbed(
     assert "SaslAuthenticateRequest(auth_bytes=b'\\x00fg\\x00fg\\x00***')" in caplog.text
     assert secret not in caplog.text
     assert repr(secret.encode())[2:-1] not in caplog.text
+
+
+async def test_connected_is_stamped_when_the_source_connected_not_when_the_sink_hears_of_it() -> None:
+    """Frames captured while nodes before the sink set the stream up must not sort before it."""
+    sink = KafkaSink(KafkaSinkConfig(bootstrap="a:1"), OperatorContext("out", NodeMetrics("out")))
+    published: list[dict[str, object]] = []
+
+    async def capture(events: list[dict[str, object]], frame: object = None) -> None:
+        published.extend(events)
+
+    sink._publish = capture  # type: ignore[method-assign]
+    info = StreamInfo("cam0", connected_ns=1_700_000_000_000_000_000)
+    await sink.on_stream_start(info)
+    (event,) = published
+    assert event["status"] == "connected"
+    assert event["capture_time"] == "2023-11-14T22:13:20.000000Z"
