@@ -19,7 +19,6 @@ from engine.metrics import failed_streams, failing_nodes
 from engine.plan import GraphPlan, load_plan
 from engine.progress import report_progress
 from engine.runtime import RunOptions, Runtime
-from engine.spec import GraphSpec
 from engine.summary_text import summary_text
 
 EXIT_FAILED = 1  # the run could not go on: a node's setup failed, a process died, a port was taken
@@ -90,7 +89,10 @@ def _parser() -> argparse.ArgumentParser:
     _log_level_arg(r, "WARNING")
     r.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics here")
     r.add_argument("--metrics-address", default="127.0.0.1", help="address for --metrics-port")
-    sub.add_parser("schema", help="print the JSON Schema of graph files (for editors)")
+    sc = sub.add_parser("schema", help="print the JSON Schema of graph files (for editors)")
+    sc.add_argument(
+        "--plugin", action="append", default=[], help="module to import (its operators join the schema)"
+    )
     w = sub.add_parser("worker", help="run a graph as a worker: streams come from a registry, API on a port")
     w.add_argument("graph", type=Path)
     w.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE")
@@ -131,7 +133,11 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "schema":
-        print(json.dumps(GraphSpec.model_json_schema(by_alias=True), indent=2))
+        from engine.schema import graph_schema
+
+        for module in args.plugin:
+            importlib.import_module(module)
+        print(json.dumps(graph_schema(), indent=2))
         return 0
     if args.command == "streams":
         from engine.streams_client import streams_command

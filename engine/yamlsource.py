@@ -61,7 +61,9 @@ def load_text(text: str, name: str) -> SourcedDoc:
         mark = getattr(e, "problem_mark", None)
         origin = f"{name}:{mark.line + 1}" if mark is not None else name
         problem = getattr(e, "problem", None) or str(e)
-        raise GraphConfigError([ConfigIssue(origin, "", f"invalid YAML: {problem}")]) from e
+        opened = syntax_context(e)
+        reason = f"invalid YAML: {problem}" + (f" ({opened})" if opened else "")
+        raise GraphConfigError([ConfigIssue(origin, "", reason)]) from e
     if root is None:
         raise GraphConfigError([ConfigIssue(name, "", "the file is empty")])
     doc = SourcedDoc(data=None, name=name)
@@ -70,6 +72,32 @@ def load_text(text: str, name: str) -> SourcedDoc:
     if issues:
         raise GraphConfigError(issues)
     return doc
+
+
+_CONTEXT_RE = re.compile(r"^while (?:parsing|scanning|composing) an? (.+)$")
+_OPENERS = ("flow sequence", "flow mapping", "quoted scalar", "double-quoted scalar", "single-quoted scalar")
+_RENAMED = {  # PyYAML's terms a graph's author may not know
+    "block collection": "list",
+    "block mapping": "mapping",
+    "block scalar": "block text (| or >)",
+    "simple key": "key",
+    "quoted scalar": "quoted string",
+    "double-quoted scalar": "quoted string",
+}
+
+
+def syntax_context(e: yaml.YAMLError) -> str | None:
+    """Where the construct a YAML syntax error is inside began, when the parser says so: 'the flow
+    sequence opened on line 8' for an unclosed `[`, which the parser only notices lines later."""
+    context, mark = getattr(e, "context", None), getattr(e, "context_mark", None)
+    if not isinstance(context, str) or mark is None:
+        return None
+    found = _CONTEXT_RE.match(context)
+    if found is None:  # e.g. 'while scanning for the next token': no construct to point at
+        return None
+    what = found.group(1)
+    verb = "opened" if what in _OPENERS else "started"
+    return f"the {_RENAMED.get(what, what)} {verb} on line {mark.line + 1}"
 
 
 def load_file(path: str | Path) -> SourcedDoc:

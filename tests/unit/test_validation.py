@@ -103,7 +103,7 @@ BROKEN = [
     ),
     pytest.param(
         GOOD.replace("inputs: [decode]", "inputs: [decode"),
-        "g.yaml:12: invalid YAML: expected ',' or ']', but got '<stream end>'",
+        "g.yaml:12: invalid YAML: expected ',' or ']', but got '<stream end>' (the flow sequence opened on line 11)",
         id="yaml-syntax",
     ),
     pytest.param(
@@ -127,6 +127,41 @@ BROKEN = [
 @pytest.mark.parametrize(("text", "expected"), BROKEN)
 def test_broken_graph_reports_file_line_and_field(text: str, expected: str) -> None:
     assert expected in errors_of(text)
+
+
+SYNTAX = [
+    pytest.param(
+        GOOD.replace("inputs: [sources]", "inputs: [sources\n    queue: {size: 4}"),
+        "g.yaml:9: invalid YAML: expected ',' or ']', but got ':' (the flow sequence opened on line 8)",
+        id="unclosed-flow-sequence",
+    ),
+    pytest.param(
+        GOOD.replace("inputs: [sources]", "inputs: [sources]\n    queue: {size: 4\n    workers: 2"),
+        "g.yaml:10: invalid YAML: expected ',' or '}', but got ':' (the flow mapping opened on line 9)",
+        id="unclosed-flow-mapping",
+    ),
+    pytest.param(
+        GOOD.replace("url: clip.mp4", 'url: "clip.mp4'),
+        "g.yaml:12: invalid YAML: found unexpected end of stream (the quoted string opened on line 4)",
+        id="unclosed-quote",
+    ),
+    pytest.param(
+        GOOD.replace("    url: clip.mp4", "    url: clip.mp4\n   op: source.file"),
+        "g.yaml:5: invalid YAML: expected <block end>, but found '<block mapping start>' "
+        "(the list started on line 3)",
+        id="bad-indent",
+    ),
+    pytest.param(
+        GOOD.replace("    url: clip.mp4", "\turl: clip.mp4"),
+        "g.yaml:4: invalid YAML: found character '\\t' that cannot start any token",
+        id="tab-no-context",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), SYNTAX)
+def test_yaml_syntax_error_names_where_the_construct_opened(text: str, expected: str) -> None:
+    assert errors_of(text) == [expected]
 
 
 def test_every_issue_is_reported_at_once() -> None:
