@@ -116,6 +116,8 @@ class Runtime:
         self.streams: dict[str, _Stream] = {}
         self._keepalive: list[EdgeQueue] = []
         self._built = False
+        self._started = False  # set up and streaming: add_stream starts a stream at once
+        self._pending: list[SourcePlan] = []  # streams added while the graph was being set up
         tracing = plan.spec.tracing
         self.tracer: FrameTracer | None = None
         if tracing.exporter != "none" or self.options.span_exporter is not None:
@@ -140,6 +142,11 @@ class Runtime:
             raise FramegraphError(f"stream {sid!r} is already running")
         if self.stop_event.is_set():
             raise FramegraphError("the graph is stopping")
+        if not self._started:  # nodes not set up yet: it starts with the graph's own streams
+            if any(p.spec.id == sid for p in self._pending):
+                raise FramegraphError(f"stream {sid!r} is already running")
+            self._pending.append(plan)
+            return
         self.streams.pop(sid, None)
         stream = self._make_stream(
             plan, [(n.id, q) for n in self._consumers() for s, q in n.plan.spec.edges() if s == ALL_SOURCES]
@@ -148,6 +155,10 @@ class Runtime:
 
     async def remove_stream(self, stream_id: str) -> None:
         """Stop a stream; its per-stream state is released downstream (stream end)."""
+        pending = [p for p in self._pending if p.spec.id == stream_id]
+        if pending:  # added before the graph was set up, not started yet
+            self._pending.remove(pending[0])
+            return
         stream = self.streams.get(stream_id)
         if stream is None:
             raise KeyError(stream_id)
@@ -197,6 +208,11 @@ class Runtime:
         tasks = [asyncio.create_task(self._run_node(n), name=n.id) for n in self._nodes.values()]
         for stream in self.streams.values():
             stream.task = asyncio.create_task(self._run_source(stream), name=stream.plan.spec.id)
+        self._started = True
+        pending, self._pending = self._pending, []
+        for plan in pending:  # a worker claims streams while the graph is still being set up
+            if not self.stop_event.is_set():
+                self.add_stream(plan)
         try:
             await asyncio.gather(*tasks)
         finally:

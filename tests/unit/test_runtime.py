@@ -304,3 +304,38 @@ async def test_a_node_failure_is_logged_without_the_password_it_quotes(
     assert "rtsp://***@10.0.0.5/cam" in logged[0]
     assert not any("Secret7" in r.getMessage() for r in caplog.records)
     assert summary["nodes"]["work"]["dropped_by_reason"] == {"error:OSError": 3}
+
+
+@register("test.slow_setup")
+class _SlowSetup(CollectOperator):
+    """test.collect whose setup takes a while (a model loading, a server being reached)."""
+
+    async def setup(self) -> None:
+        await asyncio.sleep(0.3)
+
+
+async def test_a_stream_added_while_the_graph_is_set_up_runs_once_and_reaches_the_sink() -> None:
+    """A worker claims its streams while the graph is still being set up: none may be lost or
+    read twice (frames read once, every one at the sink)."""
+    from dataclasses import replace
+
+    from engine.plan import source_plan
+
+    plan = plan_from_yaml(graph(synthetic(1, 1), "  - {id: out, op: test.slow_setup, inputs: [sources]}"))
+    runtime = Runtime(replace(plan, sources=[]), RunOptions(keep_alive=True))
+    task = asyncio.create_task(runtime.run())
+    await asyncio.sleep(0.05)  # run() is inside the slow setup now
+    spec = {"id": "late", "url": "synthetic", "op": "test.synthetic", "config": {"frames": 20}}
+    runtime.add_stream(source_plan(spec))
+    with pytest.raises(Exception, match="already running"):
+        runtime.add_stream(source_plan(spec))  # the pending one counts as running
+    for _ in range(200):
+        if runtime.metrics.streams.get("late") and runtime.metrics.streams["late"].frames_out == 20:
+            break
+        await asyncio.sleep(0.02)
+    runtime.stop()
+    summary = await asyncio.wait_for(task, 10)
+    assert summary["streams"]["late"]["frames_in"] == 20  # read once, not twice
+    assert summary["streams"]["late"]["frames_out"] == 20  # and every frame reached the sink
+    out = runtime.operator("out")
+    assert [i.seq for i in out.items if i.stream_id == "late"] == list(range(20))  # type: ignore[attr-defined]
