@@ -186,3 +186,31 @@ def test_worker_stream_that_cannot_open_is_failed_in_streams_ls(tmp_path: Path) 
     finally:
         worker.terminate()
         worker.wait(20)
+
+
+def test_a_worker_runs_the_graphs_own_stream_once_with_every_frame(clip_ts: Path, tmp_path: Path) -> None:
+    """The worker claims the graph's own source while its nodes are still being set up: the
+    stream must be read once and every frame must reach the sink (it was read twice, none out)."""
+    port = free_port()
+    api = f"http://127.0.0.1:{port}"
+    with (tmp_path / "worker.log").open("w") as log_file:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "engine.cli", "worker", "graphs/decode_only.yaml", "--set",
+             f"sources.0.url={clip_ts}", "--api-port", str(port), "--lease-ttl-s", "1",
+             "--output", str(tmp_path)],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log_file,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        streams: dict[str, dict[str, object]] = {}
+        while streams.get("cam0", {}).get("state") != "ended":
+            assert time.monotonic() < deadline, (streams, (tmp_path / "worker.log").read_text())
+            time.sleep(0.3)
+            listed = framegraph("streams", "ls", "--api", api, "--json")
+            if listed.returncode == 0:
+                streams = {s["id"]: s for s in json.loads(listed.stdout)}
+        cam = streams["cam0"]
+        assert (cam["frames_in"], cam["frames_out"], cam["dropped"]) == (60, 60, 0), cam
+    finally:
+        worker.terminate()
+        worker.wait(20)
