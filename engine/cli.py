@@ -20,6 +20,7 @@ from engine.plan import GraphPlan, load_plan
 from engine.progress import report_progress
 from engine.runtime import RunOptions, Runtime
 from engine.summary_text import summary_text
+from operators.urls import scrub
 
 EXIT_FAILED = 1  # the run could not go on: a node's setup failed, a process died, a port was taken
 EXIT_INVALID = 2  # the graph (or the command line) is invalid
@@ -152,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         plan = load_plan(args.graph, args.overrides)
     except GraphConfigError as e:
-        print(f"invalid graph:\n{e}", file=sys.stderr)
+        print(f"invalid graph:\n{scrub(str(e))}", file=sys.stderr)
         return EXIT_INVALID
     if args.command == "worker":
         from engine.serve import serve_worker
@@ -201,11 +202,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             summary = _run(plan, args)
     except FramegraphError as e:
-        print(f"run failed: {e}", file=sys.stderr)
+        print(f"run failed: {scrub(str(e))}", file=sys.stderr)
         return EXIT_FAILED
     _print_summary(summary)
     for failure in failures:
-        print(f"run failed: {failure}", file=sys.stderr)
+        print(f"run failed: {scrub(failure)}", file=sys.stderr)
     if args.summary_json:
         args.summary_json.parent.mkdir(parents=True, exist_ok=True)
         args.summary_json.write_text(json.dumps(summary, indent=2))

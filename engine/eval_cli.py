@@ -11,6 +11,7 @@ from typing import Any
 
 from engine.errors import FramegraphError, GraphConfigError
 from engine.golden_set import EvalInputError
+from operators.urls import scrub
 
 EXIT_FAILED = 1
 EXIT_INVALID = 2
@@ -111,10 +112,10 @@ def command(args: argparse.Namespace) -> int:
         baseline = read_baseline(args.baseline) if args.baseline else None
         leak = LeakConfig(threshold=args.leak_threshold)
     except GraphConfigError as e:
-        print(f"invalid graph:\n{e}", file=sys.stderr)
+        print(f"invalid graph:\n{scrub(str(e))}", file=sys.stderr)
         return EXIT_INVALID
     except (FramegraphError, OSError, ValueError) as e:
-        print(f"eval: {e}", file=sys.stderr)
+        print(f"eval: {scrub(str(e))}", file=sys.stderr)
         return EXIT_INVALID
     try:
         report = run_async(
@@ -131,10 +132,10 @@ def command(args: argparse.Namespace) -> int:
         if baseline is not None:
             report["gate"] = compare(report, baseline, gate)
     except EvalInputError as e:  # the golden set, the graph or an option: not a failed run
-        print(f"eval: {e}", file=sys.stderr)
+        print(f"eval: {scrub(str(e))}", file=sys.stderr)
         return EXIT_INVALID
     except FramegraphError as e:
-        print(f"eval failed: {e}", file=sys.stderr)
+        print(f"eval failed: {scrub(str(e))}", file=sys.stderr)
         return EXIT_FAILED
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ from engine.plan import GraphPlan
 from engine.runtime import RunOptions
 from engine.store import MemoryStore, RedisStore, StreamStore
 from engine.worker import Worker
+from operators.urls import scrub
 
 log = logging.getLogger("framegraph.serve")
 
@@ -63,7 +64,7 @@ def serve_worker(plan: GraphPlan, args: argparse.Namespace) -> int:
     try:
         sock = bind_api(args.api_address, args.api_port)
     except FramegraphError as e:
-        print(f"worker {args.worker_id}: {e}", file=sys.stderr)
+        print(f"worker {args.worker_id}: {scrub(str(e))}", file=sys.stderr)
         return EXIT_FAILED
     store: StreamStore = RedisStore(args.redis, args.namespace) if args.redis else MemoryStore()
     worker = Worker(plan, RunOptions(output_dir=args.output), store, args.worker_id, args.lease_ttl_s)

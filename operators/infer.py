@@ -42,6 +42,7 @@ from operators.triton_shm import (
     host_array,
     is_cuda,
 )
+from operators.urls import redact_url
 
 log = logging.getLogger("framegraph.infer")
 DEGRADED = "inference_unavailable"
@@ -151,7 +152,7 @@ class TritonInfer(Operator[TritonConfig]):
     async def _check_model(self) -> None:
         from tritonclient.utils import InferenceServerException
 
-        cfg, where = self.config, f"node {self.ctx.node_id}: Triton at {self.url}"
+        cfg, where = self.config, f"node {self.ctx.node_id}: Triton at {redact_url(self.url)}"
         try:
             live = await self.client.is_server_live(client_timeout=cfg.timeout_s)
         except InferenceServerException as e:

@@ -10,6 +10,8 @@ Two kinds of secret are masked, each replaced by `***`:
   end of the credentials masks too much when the path or query holds an `@` of its own
   (`rtsp://host/x?mail=a@b` -> `rtsp://***@b`): a secret is never shown, at worst the host is not.
   `scheme:///path` (an empty authority, e.g. `file:///clips/cam@2x.mp4`) has no user information.
+  An address without a scheme (`user:password@triton:8001`, as gRPC and Kafka take them) is
+  masked the same way when it has a `user:` part with no `/` in it: `***@triton:8001`.
 * Secret query (or fragment, or `;` parameter) values: `?user=admin&password=***`. The key stays, so
   the user sees which field it was; the value runs to the next `&` (in free text also to
   whitespace). A key is secret when, lowercased, its last `_`/`-`/`.`-separated word is one of
@@ -87,11 +89,18 @@ def _mask_value(m: re.Match[str]) -> str:
     return f"{key}={MASK}" if value and is_secret_key(key) else m.group(0)
 
 
+# `user:password@host[:port]` with no scheme (a gRPC or Kafka address): the user part holds no
+# `/` (a path) and the colon is not a scheme's `://`; the credentials end at the last `@`
+_BARE_USERINFO = re.compile(r"^[^/\s:@]+:(?!//).*@(?=[^@]*$)", re.DOTALL)
+_BARE_IN_TEXT = re.compile(r"""(?<![^\s'"(\[<,=])[^/\s:@'"()<>\[\],=]+:(?!//)[^\s'"]*@(?=[\w\[])""")
+
+
 def redact_url(url: str) -> str:
-    """The URL with its user information and secret query values replaced: rtsp://***@host/path."""
+    """The URL with its user information and secret query values replaced: rtsp://***@host/path
+    (and `user:password@host:port`, an address without a scheme: ***@host:port)."""
     start = _URL_START.match(url)
-    if start is None:  # a file path, or no authority: nothing that looks like credentials
-        return url
+    if start is None:  # a file path, or an address without a scheme
+        return _BARE_USERINFO.sub(f"{MASK}@", url, count=1)
     head, rest = url[: start.end()], url[start.end() :]
     if not rest.startswith("/"):  # scheme:///path: an empty authority
         at = rest.rfind("@")
@@ -132,4 +141,5 @@ def scrub(text: str) -> str:
             out.append(f"{text[pos:begin]}{MASK}")
             pos = at
     out.append(text[pos:])
-    return _QUERY_IN_TEXT.sub(_mask_value, "".join(out))
+    masked = _BARE_IN_TEXT.sub(f"{MASK}@", "".join(out))  # user:password@host without a scheme
+    return _QUERY_IN_TEXT.sub(_mask_value, masked)

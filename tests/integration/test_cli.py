@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ def framegraph(
         text=True,
         timeout=120,
         check=False,
+        env={**os.environ, **env_extra} if env_extra else None,
     )
 
 

@@ -214,3 +214,22 @@ def test_a_worker_runs_the_graphs_own_stream_once_with_every_frame(clip_ts: Path
     finally:
         worker.terminate()
         worker.wait(20)
+
+
+def test_a_triton_address_with_credentials_and_no_scheme_is_masked(clip_ts: Path, tmp_path: Path) -> None:
+    """gRPC takes `user:password@host:port` without a scheme: a failure must not print it."""
+    env = {"FG_TRITON_GRPC_URL": "tritonuser:TriSecret@127.0.0.1:1"}
+    run = framegraph(
+        "run", "graphs/face_detect.yaml", "--set", f"sources.0.url={clip_ts}", "--output", tmp_path, *QUIET,
+        env_extra=env,
+    )  # fmt: skip
+    assert run.returncode == 1, run.stderr
+    assert "run failed: node detect: Triton at ***@127.0.0.1:1 does not answer" in run.stderr
+    checked = framegraph(
+        "validate", "graphs/face_detect.yaml", "--set", f"sources.0.url={clip_ts}", "--connect",
+        "--timeout-s", "5", env_extra=env,
+    )  # fmt: skip
+    assert checked.returncode == 2
+    assert "FAILED node detect (infer.triton): node detect: Triton at ***@127.0.0.1:1" in checked.stderr
+    for result in (run, checked):
+        assert "TriSecret" not in result.stdout + result.stderr

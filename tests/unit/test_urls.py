@@ -134,7 +134,7 @@ def test_scrub_exact_forms(text: str, expected: str) -> None:
         ("/data/clips/cam@2x.mp4", "/data/clips/cam@2x.mp4"),
         ("file:///data/clips/cam@2x.mp4", "file:///data/clips/cam@2x.mp4"),
         ("/data/a b.mp4", "/data/a b.mp4"),
-        ("user:pass@host/x", "user:pass@host/x"),  # no scheme://: not a URL FFmpeg reads as one
+        ("clips/a:b@c.mp4", "clips/a:b@c.mp4"),  # a path: its `user` part holds a /
         ("", ""),
     ],
 )
@@ -244,3 +244,25 @@ def test_demuxer_error_and_safe_url_hide_the_password(url: str) -> None:
         Demuxer("cam0", url, {"rtsp_transport": "tcp"}, (2.0, 2.0))
     assert "Secret" not in str(raised.value)
     assert "127.0.0.1:9/x" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("address", "masked"),
+    [
+        ("tritonuser:TriSecret@127.0.0.1:8001", "***@127.0.0.1:8001"),  # gRPC takes host:port
+        ("bob:KafSecret9@broker:9092", "***@broker:9092"),
+        ("u:p/Secret@h:1", "***@h:1"),
+        ("u:p@Secret@h:1", "***@h:1"),
+        ("user:pass@host/x", "***@host/x"),
+    ],
+)
+def test_an_address_without_a_scheme_loses_its_credentials(address: str, masked: str) -> None:
+    assert redact_url(address) == masked
+    text = f"node detect: Triton at {address} does not answer: errors resolving {address}"
+    assert scrub(text) == f"node detect: Triton at {masked} does not answer: errors resolving {masked}"
+    assert scrub(f"'{address}'") == f"'{masked}'"
+
+
+@pytest.mark.parametrize("text", ["at 12:30 user@host", "time 12:30:01 ok", "clips/a:b@c.mp4", "host:8001"])
+def test_text_that_only_looks_like_an_address_stays(text: str) -> None:
+    assert scrub(text) == text
