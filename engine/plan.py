@@ -92,6 +92,7 @@ def build_plan(doc: SourcedDoc) -> GraphPlan:
         order = _topological(doc, spec, edges, issues)
     if order:
         _check_kinds(doc, spec, sources, nodes, edges, order, issues)
+    _check_output_files(doc, spec, nodes, issues)
     if issues:
         raise GraphConfigError(_in_file_order(doc, issues))
     by_id = {n.spec.id: n for n in nodes}
@@ -404,6 +405,40 @@ def _path_back(start: str, component: set[str], downstream: dict[str, list[str]]
                     nxt.append(w)
         frontier = nxt
     return [start, start]
+
+
+def _output_file(node: NodePlan) -> str | None:
+    """The file name pattern a file-writing sink writes under --output (None: not such a sink)."""
+    cfg = node.config
+    if node.op == "sink.jsonl":
+        return str(getattr(cfg, "path"))  # noqa: B009
+    if node.op == "sink.file":
+        path = str(getattr(cfg, "path"))  # noqa: B009
+        return path or ("{stream}_{segment:04d}.mp4" if getattr(cfg, "segment_s", 0) else "{stream}.mp4")
+    return None
+
+
+def _check_output_files(
+    doc: SourcedDoc, spec: GraphSpec, nodes: list[NodePlan], issues: list[ConfigIssue]
+) -> None:
+    """Two sinks never write the same file: every event would be there twice (under two event
+    ids, so consumers count it twice), and two encoders would write one MP4 at once."""
+    index = {n.id: i for i, n in enumerate(spec.nodes)}
+    first: dict[str, str] = {}
+    for node in nodes:
+        path = _output_file(node)
+        if path is None:
+            continue
+        if path in first:
+            issues.append(
+                doc.issue(
+                    ("nodes", index[node.spec.id], "config", "path"),
+                    f"node {node.spec.id} would write the same file as node {first[path]} ('{path}'): "
+                    "give one of them another `path`",
+                )
+            )
+        else:
+            first[path] = node.spec.id
 
 
 def _check_kinds(

@@ -73,9 +73,9 @@ _QUOTES = "'\""
 _SPACE = re.compile(r"\s")
 # key=value after ?, &, ; or #; the value runs to the next & (the whole URL is one token)
 _QUERY_IN_URL = re.compile(r"(?<=[?&;#])([A-Za-z0-9_.\-]+)=([^&]*)")
-# in free text the value also ends at whitespace; closing quotes, brackets and a comma right
+# in free text the value also ends at whitespace; closing quotes, brackets, a comma or a colon right
 # before that end are kept (`'...?token=***'`, `(...&pwd=***),`), unless the value holds more
-_QUERY_IN_TEXT = re.compile(r"(?<=[?&;#])([A-Za-z0-9_.\-]+)=([^&\s]*?)(?=[\"'`)\]}>,]*(?:[&\s]|$))")
+_QUERY_IN_TEXT = re.compile(r"(?<=[?&;#])([A-Za-z0-9_.\-]+)=([^&\s]*?)(?=[\"'`)\]}>,:]*(?:[&\s]|$))")
 
 
 def is_secret_key(key: str) -> bool:

@@ -275,3 +275,18 @@ def test_every_usage_line_of_a_shipped_graph_validates(path: Path) -> None:
     for argv in commands:
         overrides = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
         load_plan(path, overrides)
+
+
+def test_two_sinks_writing_one_file_are_refused() -> None:
+    """Every event would be written twice, under two event ids: consumers would count it twice."""
+    issues = errors_of(
+        graph(
+            "{id: decode, op: decode.pyav, inputs: [sources]}",
+            "{id: events, op: sink.jsonl, inputs: [decode], config: {mode: frames}}",
+            '{id: events2, op: sink.jsonl, inputs: [decode], config: {path: "{graph}.jsonl"}}',
+            '{id: other, op: sink.jsonl, inputs: [decode], config: {path: "other.jsonl"}}',
+        )
+    )
+    (issue,) = [i for i in issues if "same file" in i]
+    assert "nodes.2.config.path" in issue
+    assert "node events2 would write the same file as node events ('{graph}.jsonl')" in issue

@@ -266,3 +266,9 @@ def test_an_address_without_a_scheme_loses_its_credentials(address: str, masked:
 @pytest.mark.parametrize("text", ["at 12:30 user@host", "time 12:30:01 ok", "clips/a:b@c.mp4", "host:8001"])
 def test_text_that_only_looks_like_an_address_stays(text: str) -> None:
     assert scrub(text) == text
+
+
+def test_a_masked_query_value_keeps_the_colon_that_ends_the_url_in_a_message() -> None:
+    text = "cam0: cannot open rtsp://h:8655/cam?token=TOKsecret987: Connection refused"
+    assert scrub(text) == "cam0: cannot open rtsp://h:8655/cam?token=***: Connection refused"
+    assert scrub("x?token=a:Secret:c rest") == "x?token=*** rest"  # a colon inside stays masked
