@@ -38,6 +38,9 @@ class OperatorContext:
     tracer: Any = None  # engine.tracing.FrameTracer when the graph traces frames
     pinned_threads: int = 2  # threads of run_pinned (the runtime sets the node's `workers`)
     preflight: bool = False  # set up by `validate --connect`: reach servers, make no output files
+    # why each stream ended, as its source said (scrubbed): set by the runtime just before
+    # `on_stream_end`, e.g. "end of file", "stopped", "cam0: gave up after 3 reconnects (...)"
+    end_reasons: dict[str, str] = field(default_factory=dict)
     _pinned: ThreadPoolExecutor | None = None
 
     async def run_blocking(self, fn: Callable[..., Any], *args: Any) -> Any:

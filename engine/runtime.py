@@ -488,7 +488,11 @@ class Runtime:
                     node.open_streams[sid] = left
                     return
                 node.open_streams.pop(sid, None)
-                await self._emit(node, await op.on_stream_end(sid))
+                op.ctx.end_reasons[sid] = scrub(msg.reason or "")
+                try:
+                    await self._emit(node, await op.on_stream_end(sid))
+                finally:
+                    op.ctx.end_reasons.pop(sid, None)
         except Exception as e:
             node.metrics.errors += 1
             log.error("node %s: stream %s %s hook failed: %s", node.id, sid, msg.kind.value, scrub(str(e)))

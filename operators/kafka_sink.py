@@ -347,7 +347,8 @@ class KafkaSink(Operator[KafkaSinkConfig]):
 
     async def on_stream_end(self, stream_id: str) -> Sequence[Item]:
         self._watch.forget(stream_id)
-        await self._health(stream_id, "ended")
+        # the source's own words: "end of file", "stopped", or why it gave up (scrubbed)
+        await self._health(stream_id, "ended", self.ctx.end_reasons.get(stream_id, ""))
         return ()
 
     async def process(self, item: Item) -> Sequence[Item]:

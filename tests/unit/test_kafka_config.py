@@ -148,3 +148,23 @@ async def test_connected_is_stamped_when_the_source_connected_not_when_the_sink_
     (event,) = published
     assert event["status"] == "connected"
     assert event["capture_time"] == "2023-11-14T22:13:20.000000Z"
+
+
+async def test_ended_carries_why_the_stream_ended() -> None:
+    """A camera given up on must not look like one that finished: `ended` says the source's reason."""
+    sink = KafkaSink(KafkaSinkConfig(bootstrap="a:1"), OperatorContext("out", NodeMetrics("out")))
+    published: list[dict[str, object]] = []
+
+    async def capture(events: list[dict[str, object]], frame: object = None) -> None:
+        published.extend(events)
+
+    sink._publish = capture  # type: ignore[method-assign]
+    sink.ctx.end_reasons["cam0"] = (
+        "cam0: gave up after 3 reconnects (last: cannot open rtsp://***@10.0.0.5/x)"
+    )
+    await sink.on_stream_end("cam0")
+    await sink.on_stream_end("cam1")  # no reason given
+    assert [(e["stream_id"], e["status"], e["reason"]) for e in published] == [
+        ("cam0", "ended", "cam0: gave up after 3 reconnects (last: cannot open rtsp://***@10.0.0.5/x)"),
+        ("cam1", "ended", ""),
+    ]

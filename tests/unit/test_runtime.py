@@ -339,3 +339,27 @@ async def test_a_stream_added_while_the_graph_is_set_up_runs_once_and_reaches_th
     assert summary["streams"]["late"]["frames_out"] == 20  # and every frame reached the sink
     out = runtime.operator("out")
     assert [i.seq for i in out.items if i.stream_id == "late"] == list(range(20))  # type: ignore[attr-defined]
+
+
+@register("test.end_reason")
+class _EndReason(CollectOperator):
+    """Records why each stream ended, as the runtime tells `on_stream_end`."""
+
+    async def on_stream_end(self, stream_id: str) -> Sequence[Item]:
+        self.reasons = {**getattr(self, "reasons", {}), stream_id: self.ctx.end_reasons.get(stream_id)}
+        return ()
+
+
+async def test_on_stream_end_knows_why_the_stream_ended_with_the_password_masked() -> None:
+    sources = (
+        '  - {id: cam0, url: "rtsp://admin:Secret8@127.0.0.1:9/x", config: {max_reconnects: 0}}\n'
+        "  - {id: s1, url: synthetic, op: test.synthetic, config: {frames: 2}}"
+    )
+    runtime, _ = await run_graph(graph(sources, "  - {id: out, op: test.end_reason, inputs: [sources]}"))
+    reasons = runtime.operator("out").reasons  # type: ignore[attr-defined]
+    assert reasons["cam0"].startswith(
+        "cam0: gave up after 0 reconnects (last: cannot open rtsp://***@127.0.0.1:9/x"
+    )
+    assert "Secret8" not in reasons["cam0"]
+    assert reasons["s1"] == ""  # the source gave no reason
+    assert runtime.operator("out").ctx.end_reasons == {}  # only while the hook runs
