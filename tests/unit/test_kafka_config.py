@@ -134,8 +134,8 @@ async def test_kafka_python_debug_logs_of_a_sasl_exchange_are_scrubbed(
     assert repr(secret.encode())[2:-1] not in caplog.text
 
 
-async def test_connected_is_stamped_when_the_source_connected_not_when_the_sink_hears_of_it() -> None:
-    """Frames captured while nodes before the sink set the stream up must not sort before it."""
+def capturing_sink() -> tuple[KafkaSink, list[dict[str, object]]]:
+    """A sink.kafka whose published events land in a list (no broker)."""
     sink = KafkaSink(KafkaSinkConfig(bootstrap="a:1"), OperatorContext("out", NodeMetrics("out")))
     published: list[dict[str, object]] = []
 
@@ -143,8 +143,13 @@ async def test_connected_is_stamped_when_the_source_connected_not_when_the_sink_
         published.extend(events)
 
     sink._publish = capture  # type: ignore[method-assign]
-    info = StreamInfo("cam0", connected_ns=1_700_000_000_000_000_000)
-    await sink.on_stream_start(info)
+    return sink, published
+
+
+async def test_connected_is_stamped_when_the_source_connected_not_when_the_sink_hears_of_it() -> None:
+    """Frames captured while nodes before the sink set the stream up must not sort before it."""
+    sink, published = capturing_sink()
+    await sink.on_stream_start(StreamInfo("cam0", connected_ns=1_700_000_000_000_000_000))
     (event,) = published
     assert event["status"] == "connected"
     assert event["capture_time"] == "2023-11-14T22:13:20.000000Z"
@@ -152,13 +157,7 @@ async def test_connected_is_stamped_when_the_source_connected_not_when_the_sink_
 
 async def test_ended_carries_why_the_stream_ended() -> None:
     """A camera given up on must not look like one that finished: `ended` says the source's reason."""
-    sink = KafkaSink(KafkaSinkConfig(bootstrap="a:1"), OperatorContext("out", NodeMetrics("out")))
-    published: list[dict[str, object]] = []
-
-    async def capture(events: list[dict[str, object]], frame: object = None) -> None:
-        published.extend(events)
-
-    sink._publish = capture  # type: ignore[method-assign]
+    sink, published = capturing_sink()
     sink.ctx.end_reasons["cam0"] = (
         "cam0: gave up after 3 reconnects (last: cannot open rtsp://***@10.0.0.5/x)"
     )
