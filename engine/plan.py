@@ -15,7 +15,15 @@ from engine.config_issues import issues_of
 from engine.errors import ConfigIssue, FramegraphError, GraphConfigError
 from engine.kinds import KindNode, check_kinds
 from engine.registry import Operator, Source, known_names, resolve
-from engine.spec import GraphSpec, NodeSpec, QueueSpec, SourceSpec, op_for_url, unknown_scheme
+from engine.spec import (
+    GraphSpec,
+    NodeSpec,
+    QueueSpec,
+    SourceSpec,
+    op_for_url,
+    unencoded_credentials,
+    unknown_scheme,
+)
 from engine.yamlsource import PathKey, SourcedDoc
 
 ALL_SOURCES = "sources"
@@ -221,6 +229,8 @@ def _source_checks(
     """The source's URL, operator and config: (class, typed config), None where they fail."""
     name = op or op_for_url(url)
     if name in ("source.file", "source.rtsp") and (why := unknown_scheme(url)) is not None:
+        issues.append(doc.issue((*prefix, "url"), why))
+    if (why := unencoded_credentials(url)) is not None:
         issues.append(doc.issue((*prefix, "url"), why))
     cls = _lookup(doc, (*prefix, "op"), name, issues)
     if cls is None:

@@ -95,6 +95,27 @@ def unknown_scheme(url: str) -> str | None:
     return f"unknown URL scheme {scheme + '://'!r}: give a file path or a URL of {known}"
 
 
+def unencoded_credentials(url: str) -> str | None:
+    """Why FFmpeg cannot read a URL's `user:password@` (an unencoded `/`, `?`, `#` or a second `@`
+    in it; it would fail on every reconnect); None when fine. Never shows the password."""
+    if not url_scheme(url) or "://" not in url:
+        return None
+    rest = url.split("://", 1)[1]
+    head = rest[: rest.rfind("@")] if "@" in rest else ""
+    colon = head.find(":")
+    if colon < 0:  # no credentials, or a user name alone
+        return None
+    cut = min((head.find(c) for c in "/?#" if c in head), default=len(head))
+    if cut < colon or (cut < len(head) and head[colon + 1 : cut].isdigit()):
+        return None  # host[:port]/path...@...: the `@` is in the path or query, not credentials
+    if not any(c in head for c in "/?#@"):
+        return None
+    return (
+        "the user:password part holds an unencoded '/', '?', '#' or '@', which ends it early: "
+        "no camera can be reached this way; percent-encode them in the password (%2F, %3F, %23, %40)"
+    )
+
+
 class NodeSpec(StrictModel):
     """One operator in the graph and the edges that feed it."""
 
