@@ -80,7 +80,8 @@ def node_line(nid: str, n: dict[str, Any]) -> str:
 
 
 def failure_lines(summary: dict[str, Any]) -> list[str]:
-    """`failed streams: ...` and `failing nodes: ...`, each only when there is one."""
+    """`failed streams: ...`, `failing nodes: ...` and events left in a Kafka spool, each only
+    when there is one."""
     lines = []
     streams = failed_streams(summary)
     if streams:
@@ -94,6 +95,15 @@ def failure_lines(summary: dict[str, Any]) -> list[str]:
                 for nid, errors in nodes.items()
             )
         )
+    for nid, n in summary["nodes"].items():
+        events = n.get("events", {})
+        if all(k in events for k in _KAFKA_COUNTERS):
+            left = events["spooled"] - events.get("replayed", 0)
+            if left > 0:
+                lines.append(
+                    f"kafka spool: node {nid} holds {left} event(s) the broker has not acknowledged; "
+                    "they are sent when it answers, also after a restart"
+                )
     return lines
 
 

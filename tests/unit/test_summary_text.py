@@ -83,3 +83,14 @@ def test_kafka_delivery_counters_are_shown() -> None:
     assert "kafka" not in next(
         line for line in summary_text(s).splitlines() if line.startswith("  node sink")
     )
+
+
+def test_events_left_in_the_kafka_spool_are_said_at_the_end() -> None:
+    s = summary()
+    s["nodes"]["events"] = node(66, 66, events={"accepted": 66, "sent": 0, "spooled": 66, "replayed": 0})
+    assert summary_text(s).splitlines()[-1] == (
+        "kafka spool: node events holds 66 event(s) the broker has not acknowledged; "
+        "they are sent when it answers, also after a restart"
+    )
+    s["nodes"]["events"]["events"].update(spooled=10, replayed=10, sent=56)  # all caught up
+    assert "kafka spool" not in summary_text(s)
