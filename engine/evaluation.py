@@ -38,7 +38,7 @@ from engine.plan import Edge, GraphPlan, NodePlan, source_plan
 from engine.registry import EmptyConfig, Operator, OperatorContext
 from engine.runtime import RunOptions, Runtime
 from engine.spec import NodeSpec, QueueSpec, StrictModel
-from operators.urls import redact_url
+from operators.urls import is_local_address, redact_url
 
 ROOT = Path(__file__).resolve().parents[1]
 DETECTIONS_NODE = "_eval_detections"
@@ -170,9 +170,6 @@ def _collector(node_id: str, src: str, cls: type[Operator[Any]], config: StrictM
     )
 
 
-_LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
-
-
 def model_identities(plan: GraphPlan) -> list[dict[str, Any]]:
     """Model, version and sha256 of the model files of each inference node (for release diffs).
 
@@ -193,7 +190,7 @@ def model_identities(plan: GraphPlan) -> list[dict[str, Any]]:
             files = sorted((repo / model / version).glob("*.onnx")) if version else []
             url = str(getattr(cfg, "url", "") or "")
             served_by = redact_url(url) if url else "a local server the run started"
-            files_checked = not url or url.rsplit(":", 1)[0] in _LOCAL_HOSTS
+            files_checked = not url or is_local_address(url)
         elif hasattr(cfg, "onnx_path"):
             path = Path(str(getattr(cfg, "onnx_path")))  # noqa: B009
             model, requested, version = path.stem, "", ""

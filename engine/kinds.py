@@ -1,8 +1,7 @@
 """What flows on each edge, checked before anything runs: packets or frames, and what frames carry.
 
 Each built-in operator declares what it takes (`consumes`) and what it hands on (`produces`) as
-class attributes; a few classes whose modules this package does not touch are declared in
-`_TABLE`. Spelling:
+class attributes. Spelling:
 
 - `consumes`: "any", "packets", "frames", or "frames+FACT+..." where a FACT is one of
   `tensor` (a model input, made by preprocess), `outputs` (raw model outputs, by inference),
@@ -28,14 +27,6 @@ PACKETS, FRAMES = "packets", "frames"
 FACTS = ("tensor", "outputs", "detections", "redacted")
 Kind = frozenset[str]  # {"packets"} or {"frames", facts...}
 
-# Classes declared here rather than on themselves (their modules belong to other work)
-_TABLE: dict[str, tuple[str | None, str | None]] = {
-    "operators.sources:FileSource": (None, PACKETS),
-    "operators.sources:RtspSource": (None, PACKETS),
-    "operators.infer:TritonInfer": ("frames+tensor", "+outputs"),
-    "operators.kafka_sink:KafkaSink": ("any", "same"),
-}
-
 _WAIVERS = {"redacted": "require_redaction"}  # a config field that, false, waives the fact
 
 _LABEL = {
@@ -55,9 +46,6 @@ _HINT = {
 
 def declaration(cls: type[Any]) -> tuple[str | None, str | None]:
     """(consumes, produces) of an operator or source class; None where it declares nothing."""
-    key = f"{cls.__module__}:{cls.__qualname__}"
-    if key in _TABLE:
-        return _TABLE[key]
     return getattr(cls, "consumes", None), getattr(cls, "produces", None)
 
 

@@ -23,6 +23,7 @@ from engine import kinds
 from engine.errors import FramegraphError, OperatorError
 from engine.plan import GraphPlan
 from engine.runtime import RunOptions, Runtime
+from operators.preprocess import fed_tensor
 from operators.urls import redact_url, scrub
 
 
@@ -131,30 +132,20 @@ async def _model_fits(operator: Any, readers: list[tuple[str, str, list[str]]]) 
                 f"model {model!r} gives outputs {have}, but node {rid} ({rop}) reads {missing}: "
                 f"{rop} is written for another model (or name this model's outputs in node {rid}'s config)"
             )
-    shape, dtype = _fed_shape(operator.ctx.upstream)
-    if shape is None:
+    fed = fed_tensor(operator.ctx.upstream)
+    if fed is None:
         return ""
+    shape, dtype = fed
     zero = np.zeros(shape, dtype)
     what = f"{'x'.join(map(str, shape))} {dtype}"
+    trial = getattr(operator, "trial_inference", None)
+    if trial is None:
+        return ""
     try:
-        if hasattr(operator, "_request"):  # infer.triton
-            await operator._request([zero])
-        elif getattr(operator, "model", None) is not None:  # infer.torch
-            await operator.ctx.run_pinned(operator.model.run, [zero], have)
-        else:
-            return ""
+        await trial(zero)
     except Exception as e:
         raise OperatorError(
             f"a trial inference of one {what} frame (what the preprocess feeding it makes) failed: "
             f"{_reason(e, 0)}"
         ) from e
     return f"trial inference of one {what} frame: ok"
-
-
-def _fed_shape(upstream: list[Any]) -> tuple[list[int] | None, str]:
-    """The tensor shape and dtype of one frame made by the preprocess config among `upstream`."""
-    for up in upstream:
-        if all(hasattr(up, a) for a in ("width", "height", "layout", "dtype")):
-            shape = [3, up.height, up.width] if up.layout == "chw" else [up.height, up.width, 3]
-            return shape, str(up.dtype)
-    return None, ""

@@ -58,6 +58,12 @@ def source_line(sid: str, n: dict[str, Any]) -> str:
     return f"  source {sid}: " + ", ".join(parts)
 
 
+def kafka_counters(node: dict[str, Any]) -> dict[str, int]:
+    """A sink.kafka node's delivery counters ({} for any other node)."""
+    events: dict[str, int] = node.get("events", {})
+    return events if all(k in events for k in _KAFKA_COUNTERS) else {}
+
+
 def node_line(nid: str, n: dict[str, Any]) -> str:
     """One node: items in and out, drops by reason, batching, Kafka delivery, stage times."""
     parts = [f"in {n['in']} out {n['out']}"]
@@ -65,8 +71,8 @@ def node_line(nid: str, n: dict[str, Any]) -> str:
         parts.append(f"dropped {n['dropped']} ({_counts(n.get('dropped_by_reason', {}))})")
     if "mean_batch" in n:
         parts.append(f"mean batch {n['mean_batch']}")
-    events = n.get("events", {})
-    if all(k in events for k in _KAFKA_COUNTERS):
+    events = kafka_counters(n)
+    if events:
         kafka = f"kafka sent {events['sent']} / spooled {events['spooled']}"
         extra = {k: events[k] for k in ("replayed", "failed") if events.get(k)}
         parts.append(kafka + (f" ({_counts(extra)})" if extra else ""))
@@ -96,8 +102,7 @@ def failure_lines(summary: dict[str, Any]) -> list[str]:
             )
         )
     for nid, n in summary["nodes"].items():
-        events = n.get("events", {})
-        if all(k in events for k in _KAFKA_COUNTERS):
+        if events := kafka_counters(n):
             left = events["spooled"] - events.get("replayed", 0)
             if left > 0:
                 lines.append(

@@ -42,11 +42,10 @@ from operators.triton_shm import (
     host_array,
     is_cuda,
 )
-from operators.urls import redact_url
+from operators.urls import is_local_address, redact_url
 
 log = logging.getLogger("framegraph.infer")
 DEGRADED = "inference_unavailable"
-_LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
 class TritonConfig(StrictModel):
@@ -105,6 +104,7 @@ class TritonInfer(Operator[TritonConfig]):
 
     Config = TritonConfig
     batching = True
+    consumes, produces = "frames+tensor", "+outputs"
 
     def __init__(self, config: TritonConfig, ctx: OperatorContext) -> None:
         super().__init__(config, ctx)
@@ -134,7 +134,7 @@ class TritonInfer(Operator[TritonConfig]):
             await self.teardown()
             raise
         mode = self.config.shared_memory
-        local = self.url.rsplit(":", 1)[0] in _LOCAL_HOSTS
+        local = is_local_address(self.url)
         if mode == "cuda":
             why = cuda_shm_reason()
             if why is not None:
@@ -267,6 +267,10 @@ class TritonInfer(Operator[TritonConfig]):
         for f in frames:
             f.outputs = None
             f.degraded.add(DEGRADED)
+
+    async def trial_inference(self, tensor: np.ndarray) -> None:
+        """One request of a batch of one (`validate --connect`: does the model take this shape?)."""
+        await self._request([tensor])
 
     async def _request(self, tensors: list[Any]) -> dict[str, np.ndarray]:
         """One inference call for a batch of same-shape tensors; outputs as (B, ...) numpy arrays."""

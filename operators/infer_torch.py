@@ -23,6 +23,7 @@ from engine.frame import Frame, Item
 from engine.registry import Operator, OperatorContext
 from engine.spec import StrictModel
 from operators.cuda_graphs import CudaGraphs
+from operators.preprocess import fed_tensor
 
 log = logging.getLogger("framegraph.infer_torch")
 DEGRADED = "inference_unavailable"
@@ -287,19 +288,22 @@ class TorchInfer(Operator[TorchInferConfig]):
         """The preprocess feeding this node must make the model's input shape; returns it."""
         assert self.model is not None
         dims = self.model.input_dims[1:]
-        for up in self.ctx.upstream:
-            if not all(hasattr(up, a) for a in ("width", "height", "layout")):
-                continue
-            u: Any = up
-            shape = [3, u.height, u.width] if u.layout == "chw" else [u.height, u.width, 3]
-            fits = len(shape) == len(dims) and all(d in (-1, s) for d, s in zip(dims, shape, strict=False))
-            if not fits:
-                raise OperatorError(
-                    f"node {self.ctx.node_id}: model input {self.model.input_name!r} takes {dims} "
-                    f"(batch axis left out), but the preprocess feeding it makes {shape}"
-                )
-            return shape
-        return None
+        fed = fed_tensor(self.ctx.upstream)
+        if fed is None:
+            return None
+        shape = fed[0]
+        fits = len(shape) == len(dims) and all(d in (-1, s) for d, s in zip(dims, shape, strict=False))
+        if not fits:
+            raise OperatorError(
+                f"node {self.ctx.node_id}: model input {self.model.input_name!r} takes {dims} "
+                f"(batch axis left out), but the preprocess feeding it makes {shape}"
+            )
+        return shape
+
+    async def trial_inference(self, tensor: np.ndarray) -> None:
+        """One forward pass of a batch of one (`validate --connect`: does the model take this shape?)."""
+        assert self.model is not None
+        await self.ctx.run_pinned(self.model.run, [tensor], self.output_names)
 
     def _warmup(self, shape: list[int]) -> None:
         assert self.model is not None

@@ -262,6 +262,7 @@ class KafkaSink(Operator[KafkaSinkConfig]):
     """Turns frames and stream lifecycle into events, and hands them to the publisher thread."""
 
     Config = KafkaSinkConfig
+    consumes, produces = "any", "same"
 
     def __init__(self, config: KafkaSinkConfig, ctx: OperatorContext) -> None:
         super().__init__(config, ctx)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import cv2
 import numpy as np
@@ -29,6 +29,16 @@ class PreprocessConfig(StrictModel):
     std: tuple[float, float, float] = Field((1.0, 1.0, 1.0), description="Divided after mean.")
     layout: Literal["chw", "hwc"] = Field("chw", description="Tensor layout per frame.")
     dtype: Literal["float32", "float16", "uint8"] = Field("float32", description="Tensor dtype.")
+
+
+def fed_tensor(upstream: list[Any]) -> tuple[list[int], str] | None:
+    """Shape and dtype of one frame's tensor as the preprocess config among a node's `upstream`
+    configs makes it (preprocess.cpu/torch/dali share these fields); None: no preprocess feeds it."""
+    for up in upstream:
+        if all(hasattr(up, a) for a in ("width", "height", "layout", "dtype")):
+            shape = [3, up.height, up.width] if up.layout == "chw" else [up.height, up.width, 3]
+            return shape, str(up.dtype)
+    return None
 
 
 def letterbox_geometry(src_w: int, src_h: int, cfg: PreprocessConfig) -> Letterbox:

@@ -42,6 +42,8 @@ def _next(it: Any) -> Any:
 class _PacketSource(Source[Any]):
     """Shared emit loop: numbering, capture time, frame limit, corrupt-read counting."""
 
+    produces = "packets"  # engine/kinds.py
+
     def __init__(self, config: Any, ctx: SourceContext) -> None:
         super().__init__(config, ctx)
         self.seq = 0

@@ -13,6 +13,7 @@ afresh, so a restart that the client noticed late costs one extra call, not an o
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -137,8 +138,10 @@ class SystemRegion:
 _CUDA_WRITE_LOCK = threading.Lock()
 
 
+@functools.cache
 def cuda_shm_errors() -> tuple[type[Exception], ...]:
-    """tritonclient's CUDA shared-memory exception type, where it imports (() elsewhere)."""
+    """tritonclient's CUDA shared-memory exception type, where it imports (() elsewhere); looked
+    up once (every CUDA batch asks)."""
     try:
         from tritonclient.utils.cuda_shared_memory import CudaSharedMemoryException
     except Exception:

@@ -78,6 +78,14 @@ _QUERY_IN_URL = re.compile(r"(?<=[?&;#])([A-Za-z0-9_.\-]+)=([^&]*)")
 _QUERY_IN_TEXT = re.compile(r"(?<=[?&;#])([A-Za-z0-9_.\-]+)=([^&\s]*?)(?=[\"'`)\]}>,:]*(?:[&\s]|$))")
 
 
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+def is_local_address(address: str) -> bool:
+    """Whether a `host:port` address (a Triton gRPC URL) names this machine."""
+    return address.rsplit(":", 1)[0] in LOCAL_HOSTS
+
+
 def is_secret_key(key: str) -> bool:
     """Whether a query parameter named `key` holds a secret (see the module docstring)."""
     k = key.lower()
