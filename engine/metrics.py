@@ -91,6 +91,7 @@ class NodeMetrics:
     work: LatencySamples = field(default_factory=lambda: LatencySamples(10_000))
     dropped_removed: Counter[str] = field(default_factory=Counter)  # reason -> drops of forgotten streams
     stream: StreamMetrics | None = None  # a source's metrics: the stream whose state it reports
+    last_error: str | None = None  # the latest error the node met (scrubbed): the summary says it
 
     def source_failed(self, error: str) -> None:
         """A source gave up (`error`: why, credentials already scrubbed): its stream failed."""
@@ -135,6 +136,8 @@ class NodeMetrics:
             out["mean_batch"] = round(sum(k * v for k, v in self.batches.items()) / total, 2)
         if self.events:
             out["events"] = dict(self.events)
+        if self.last_error is not None:
+            out["last_error"] = self.last_error
         if self.work.count:
             out["queue_wait_ms"] = self.queue_wait.percentiles()
             out["work_ms"] = self.work.percentiles()
@@ -302,11 +305,18 @@ def failed_streams(summary: dict[str, Any]) -> dict[str, str]:
     }
 
 
+def failing(reason: str) -> bool:
+    """A drop reason that means the node could not do its job: an error, or an output it could
+    not reach (`rtsp_unavailable`: the RTSP server refused or was down)."""
+    return reason.startswith("error:") or reason.endswith("_unavailable")
+
+
 def failing_nodes(summary: dict[str, Any]) -> dict[str, dict[str, int]]:
-    """Node id -> its error drops, for each node that got items and dropped every one by an error."""
+    """Node id -> its failure drops, for each node that got items and dropped every one by an
+    error or for want of its output (a sink that delivered nothing)."""
     out: dict[str, dict[str, int]] = {}
     for nid, n in summary["nodes"].items():
-        errors = {r: c for r, c in n.get("dropped_by_reason", {}).items() if r.startswith("error:")}
+        errors = {r: c for r, c in n.get("dropped_by_reason", {}).items() if failing(r)}
         if n.get("in", 0) > 0 and sum(errors.values()) >= n["in"]:
             out[nid] = errors
     return out

@@ -99,7 +99,7 @@ def build_plan(doc: SourcedDoc) -> GraphPlan:
     if unique:  # duplicate ids make edges ambiguous: their error is the only one about them
         order = _topological(doc, spec, edges, issues)
     if order:
-        _check_kinds(doc, spec, sources, nodes, edges, order, issues)
+        _check_kinds(doc, spec, sources, nodes, edges, order, device, issues)
     _check_output_files(doc, spec, nodes, issues)
     if issues:
         raise GraphConfigError(_in_file_order(doc, issues))
@@ -458,11 +458,17 @@ def _check_kinds(
     nodes: list[NodePlan],
     edges: list[Edge],
     order: list[str],
+    device: str,
     issues: list[ConfigIssue],
 ) -> None:
-    """Each node is fed what it takes (engine/kinds.py): packets or frames, and what frames carry."""
+    """Each node is fed what it takes (engine/kinds.py): packets or frames, and what frames carry.
+
+    A node or source whose config failed is still checked, from the fields that did validate: a
+    misspelt field must not hide a wrong input on the same node."""
     source_cls = {sp.spec.id: sp.cls for sp in sources}
-    by_source = {s.id: (s.resolved_op, source_cls.get(s.id)) for s in spec.sources}
+    by_source = {
+        s.id: (s.resolved_op, source_cls.get(s.id) or _quiet_class(s.resolved_op)) for s in spec.sources
+    }
     plans = {n.spec.id: n for n in nodes}
     specs = {n.id: (i, n) for i, n in enumerate(spec.nodes)}
     inputs: dict[str, list[str]] = {n: [] for n in order}
@@ -471,8 +477,37 @@ def _check_kinds(
     kind_nodes = []
     for nid in order:
         plan = plans.get(nid)
-        op = plan.op if plan is not None else specs[nid][1].op
-        cls = plan.cls if plan is not None else None
-        kind_nodes.append(KindNode(nid, op, cls, plan.config if plan else None, inputs[nid]))
+        if plan is not None:
+            kind_nodes.append(KindNode(nid, plan.op, plan.cls, plan.config, inputs[nid]))
+            continue
+        node = specs[nid][1]
+        try:
+            op = devices.resolve_alias(node.op, device)
+        except FramegraphError:
+            op = node.op
+        cls = _quiet_class(op)
+        config = _lenient_config(cls, node.config) if cls is not None else None
+        kind_nodes.append(KindNode(nid, op, cls if config is not None else None, config, inputs[nid]))
     for nid, reason in check_kinds(by_source, kind_nodes).items():
         issues.append(doc.issue(("nodes", specs[nid][0], "inputs"), reason))
+
+
+def _quiet_class(name: str) -> Any:
+    """The operator class registered as `name`, or None (its error is reported elsewhere)."""
+    try:
+        return resolve(name)
+    except (KeyError, ImportError):
+        return None
+
+
+def _lenient_config(cls: Any, raw: dict[str, Any]) -> BaseModel | None:
+    """`raw` with its unknown fields left out, typed; None if what remains does not validate."""
+    config_cls = getattr(cls, "Config", None)
+    if config_cls is None:
+        return None
+    known = {k: v for k, v in raw.items() if k in config_cls.model_fields}
+    try:
+        config: BaseModel = config_cls.model_validate(known)
+    except ValidationError:
+        return None
+    return config

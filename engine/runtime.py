@@ -448,6 +448,7 @@ class Runtime:
     def _failed(self, node: _Node, items: list[Item], e: Exception) -> None:
         node.metrics.errors += 1
         reason = f"error:{type(e).__name__}"
+        node.metrics.last_error = f"{type(e).__name__}: {scrub(str(e))}"
         for item in items:
             node.metrics.drop(item.stream_id, reason)
         if node.errors_logged < _ERRORS_LOGGED_PER_NODE:

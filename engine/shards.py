@@ -158,6 +158,8 @@ def _merge_node(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     for key in ("in", "out", "dropped", "errors"):
         out[key] = a.get(key, 0) + b.get(key, 0)
     out["busy_s"] = round(a.get("busy_s", 0.0) + b.get("busy_s", 0.0), 3)
+    if "last_error" in b:
+        out["last_error"] = b["last_error"]
     for key in ("dropped_by_reason", "events"):
         if key in a or key in b:
             out[key] = dict(Counter(a.get(key, {})) + Counter(b.get(key, {})))

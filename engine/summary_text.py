@@ -97,7 +97,9 @@ def failure_lines(summary: dict[str, Any]) -> list[str]:
         lines.append(
             "failing nodes: "
             + "; ".join(
-                f"{nid} (dropped all {summary['nodes'][nid]['in']} items it got by errors: {_counts(errors)})"
+                f"{nid} (dropped all {summary['nodes'][nid]['in']} items it got: {_counts(errors)}"
+                + (f"; last error: {err}" if (err := summary["nodes"][nid].get("last_error")) else "")
+                + ")"
                 for nid, errors in nodes.items()
             )
         )

@@ -103,6 +103,8 @@ class H264Writer:
                 "bf": "0",
             }
             self.stream = stream
+            if fmt is not None:  # a live output: connect now (the header), not at the first packet
+                self.container.start_encoding()
         except Exception:
             self.container.close()
             raise
@@ -292,6 +294,7 @@ class RtspSink(_VideoSink):
         self.next_try: dict[str, float] = {}
         self.t0: dict[str, float] = {}
         self.wall0: dict[str, float] = {}  # stream -> monotonic time of its output time 0
+        self.down: set[str] = set()  # streams whose push failed and has not connected since
 
     async def pace(self, stream_id: str, t_s: float) -> None:
         if not self.config.realtime:
@@ -328,10 +331,17 @@ class RtspSink(_VideoSink):
                 )
                 self.writers[sid], self.t0[sid] = writer, t_s
                 self.ctx.metrics.events["rtsp_connects"] += 1
+                if sid in self.down:
+                    self.down.discard(sid)
+                    log.warning("%s: RTSP push resumed", sid)
             writer.write(frame.image, t_s - self.t0[sid], frame.pixel_format)
             return True
         except (av.error.FFmpegError, OSError) as e:
-            log.warning("%s: RTSP push failed: %s", sid, scrub(str(e)))  # FFmpeg quotes the URL
+            why = scrub(str(e))  # FFmpeg quotes the URL
+            if sid not in self.down:  # once, not once per retry while the server stays down
+                log.warning("%s: RTSP push failed: %s (retrying every %gs)", sid, why, cfg.retry_s)
+                self.down.add(sid)
+            self.ctx.metrics.last_error = why
             self.ctx.metrics.events["rtsp_failures"] += 1
             self.ctx.metrics.drop(sid, "rtsp_unavailable")
             self.writers.pop(sid, None)

@@ -82,6 +82,26 @@ def test_run_exits_4_when_an_rtsp_source_gives_up(tmp_path: Path) -> None:
     assert "s3cret" not in result.stdout + result.stderr
 
 
+def test_a_refused_rtsp_push_fails_the_run_and_says_why(clip_720p: Path, tmp_path: Path) -> None:
+    graph = tmp_path / "push.yaml"
+    graph.write_text(
+        "name: push\n"
+        f"sources:\n  - {{id: cam0, url: '{clip_720p}'}}\n"
+        "nodes:\n"
+        "  - {id: decode, op: decode.pyav, inputs: [sources]}\n"
+        "  - {id: push, op: sink.rtsp, inputs: [decode], queue: {size: 128}, config: "
+        "{url: 'rtsp://pub:hunter2@127.0.0.1:9/out', require_redaction: false, realtime: false, retry_s: 60}}\n"
+    )
+    result = framegraph("run", graph, "--output", tmp_path, *QUIET)
+    assert result.returncode == EXIT_STREAMS_FAILED, result.stderr
+    line = result.stdout.splitlines()[-1]
+    assert line.startswith(
+        "failing nodes: push (dropped all 60 items it got: rtsp_unavailable 60; last error: "
+    ), line
+    assert result.stderr.count("cam0: RTSP push failed:") == 1  # once, not once per retry
+    assert "hunter2" not in result.stdout + result.stderr
+
+
 def test_a_file_that_ends_is_ok_and_exits_0(clip_720p: Path, tmp_path: Path) -> None:
     result = framegraph(
         "run", "graphs/decode_only.yaml", "--set", f"sources.0.url={clip_720p}", "--output", tmp_path, *QUIET

@@ -91,6 +91,26 @@ def test_file_sink_must_take_the_redact_nodes_output() -> None:
     build_plan(yamlsource.load_text(graph(*REDACTION, waived), "g"))
 
 
+def test_a_misspelt_field_does_not_hide_a_wrong_input_on_the_same_node() -> None:
+    found = errors_of(graph(*REDACTION, "{id: video, op: sink.file, inputs: [decode], config: {pth: a.mp4}}"))
+    assert any("nodes.5.config.pth" in f for f in found), found
+    assert any("nodes.5.inputs: sink.file takes frames with redaction" in f for f in found), found
+    # a waiver that did validate is honoured while another field is wrong
+    waived = "{id: video, op: sink.file, inputs: [decode], config: {require_redaction: false, pth: a.mp4}}"
+    found = errors_of(graph(*REDACTION, waived))
+    assert found
+    assert all("inputs" not in f for f in found), found
+
+
+def test_a_source_with_a_bad_config_still_feeds_the_kind_check() -> None:
+    text = graph("{id: pre, op: preprocess.cpu, inputs: [sources]}").replace(
+        "url: clip.mp4}", "url: clip.mp4, config: {lop: true}}"
+    )
+    found = errors_of(text)
+    assert any("sources.0.config.lop" in f for f in found), found
+    assert any("preprocess.cpu takes frames, but input 'cam0' gives packets" in f for f in found), found
+
+
 def test_redact_and_tracker_need_detections() -> None:
     found = errors_of(graph(DETECT[0], "{id: redact, op: redact, inputs: [decode]}"))
     assert "redact takes frames with detections" in found[0]
