@@ -154,13 +154,14 @@ def health_event(
 
 _CONTROL_STATUS: dict[ControlKind, HealthStatus] = {
     ControlKind.START: "connected",
-    ControlKind.RESET: "reconnecting",  # the source reconnected: decoders start over
+    ControlKind.LOST: "reconnecting",  # the source lost its stream (or cannot reach it) and retries
+    ControlKind.RESET: "connected",  # the source reconnected: decoders start over
     ControlKind.END: "ended",
 }
 
 
 def control_event(control: Control, graph: str) -> dict[str, Any]:
-    """The `stream.health` event of a stream lifecycle control (START, RESET, END)."""
+    """The `stream.health` event of a stream lifecycle control (START, LOST, RESET, END)."""
     return health_event(control.stream_id, _CONTROL_STATUS[control.kind], graph, control.reason)
 
 

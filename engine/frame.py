@@ -42,6 +42,7 @@ class ControlKind(str, Enum):
 
     START = "start"
     RESET = "reset"  # the source reconnected: decoders must start over, state may stay
+    LOST = "lost"  # the source lost its stream or cannot reach it, and retries (`reason`: why)
     END = "end"
 
 

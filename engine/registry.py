@@ -98,6 +98,10 @@ class Operator(Generic[ConfigT]):
         """The source reconnected; decoders start over. May emit flushed items."""
         return ()
 
+    async def on_stream_lost(self, stream_id: str, reason: str) -> None:
+        """The source lost its stream, or cannot reach it yet (it may not have started), and
+        retries; `reason` says why (scrubbed). A reset or an end follows."""
+
     async def on_stream_end(self, stream_id: str) -> Sequence[Item]:
         """Release per-stream state; may emit items still held (a decoder's tail)."""
         return ()

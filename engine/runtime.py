@@ -483,6 +483,8 @@ class Runtime:
                 await op.on_stream_start(msg.info)
             elif msg.kind is ControlKind.RESET and msg.info is not None:
                 await self._emit(node, await op.on_stream_reset(msg.info))
+            elif msg.kind is ControlKind.LOST:
+                await op.on_stream_lost(sid, scrub(msg.reason))
             elif msg.kind is ControlKind.END:
                 left = node.open_streams.get(sid, 1) - 1
                 if left > 0:

@@ -267,6 +267,7 @@ class KafkaSink(Operator[KafkaSinkConfig]):
     def __init__(self, config: KafkaSinkConfig, ctx: OperatorContext) -> None:
         super().__init__(config, ctx)
         self._watch = DegradationWatch(ctx.graph_name)
+        self._lost: set[str] = set()  # streams whose source said LOST and has not (re)connected since
         self._publisher: Publisher | None = None
         self._secret_filter = SecretFilter(config.secrets())
         self._quiet_filter = QuietFilter()
@@ -340,14 +341,23 @@ class KafkaSink(Operator[KafkaSinkConfig]):
     async def on_stream_start(self, info: StreamInfo) -> None:
         # stamped when the source connected: the start reaches this sink after the nodes before it
         # set the stream up, by when its first frames have been captured
+        self._lost.discard(info.stream_id)
         await self._health(info.stream_id, "connected", at_ns=info.connected_ns)
 
+    async def on_stream_lost(self, stream_id: str, reason: str) -> None:
+        # once per outage: a stream that reaches this sink on two edges sends it twice
+        if stream_id not in self._lost:
+            self._lost.add(stream_id)
+            await self._health(stream_id, "reconnecting", reason)
+
     async def on_stream_reset(self, info: StreamInfo) -> Sequence[Item]:
-        await self._health(info.stream_id, "reconnecting", "the source reconnected")
+        self._lost.discard(info.stream_id)
+        await self._health(info.stream_id, "connected", "reconnected", at_ns=info.connected_ns)
         return ()
 
     async def on_stream_end(self, stream_id: str) -> Sequence[Item]:
         self._watch.forget(stream_id)
+        self._lost.discard(stream_id)
         # the source's own words: "end of file", "stopped", or why it gave up (scrubbed)
         await self._health(stream_id, "ended", self.ctx.end_reasons.get(stream_id, ""))
         return ()

@@ -173,6 +173,7 @@ class RtspSource(_PacketSource):
         reconnects = 0
         safe = redact_url(self.ctx.url)
         last_error = ""  # why the last connection failed or ended (scrubbed), for the stream's state
+        lost = False  # LOST was sent for this outage (once per outage, not once per retry)
         try:
             while not self.ctx.stop.is_set() and not self.limit_reached():
                 try:
@@ -184,6 +185,7 @@ class RtspSource(_PacketSource):
                     log.warning("%s (attempt %d)", last_error, failures)
                 else:
                     failures = 0
+                    lost = False
                     last_error = f"{self.ctx.stream_id}: {safe} disconnected"
                     try:
                         await self.announce(emit, demuxer.info())
@@ -204,6 +206,9 @@ class RtspSource(_PacketSource):
                         f"{self.ctx.stream_id}: gave up after {cfg.max_reconnects} reconnects (last: {last})"
                     )
                 self.ctx.metrics.source_retrying(last_error)
+                if not lost:  # downstream hears of the outage now, not when it is over
+                    lost = True
+                    await emit(Control(ControlKind.LOST, self.ctx.stream_id, reason=last_error))
                 await self._backoff(failures)
         except SourceError as e:
             error = scrub(str(e))

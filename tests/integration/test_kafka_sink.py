@@ -404,3 +404,56 @@ async def test_spooled_events_land_in_their_own_topic_after_a_restart_with_anoth
     finally:
         old.close()
         new.close()
+
+
+async def test_a_camera_that_goes_away_is_reported_while_it_is_away(
+    kafka_bootstrap: str, topic: str, tmp_path: Path, clip_720p: Path
+) -> None:
+    """stream.health says `reconnecting` (with why) while the camera is down, `connected` when it is
+    back, then `ended`: a real RTSP server killed and started again, a real broker, a real consumer."""
+    from tests.integration.conftest import RtspServer
+
+    media = tmp_path / "media"
+    media.mkdir()
+    (media / "astro.mp4").write_bytes(clip_720p.read_bytes())
+    camera = RtspServer(media)
+    camera.start()
+    url = camera.url("astro").replace("rtsp://", "rtsp://viewer:s3cret@")
+    rtsp = "{read_timeout_s: 1, open_timeout_s: 2, backoff_initial_s: 0.2, backoff_max_s: 0.5}"
+    sources = f'  - {{id: cam0, url: "{url}", config: {rtsp}}}'
+    consumer = EventConsumer(kafka_bootstrap, topic)
+    runtime = Runtime(
+        plan_from_yaml(graph(kafka_bootstrap, topic, sources, FAST)), RunOptions(output_dir=tmp_path)
+    )
+    task = asyncio.create_task(runtime.run())
+
+    async def health(n: int, timeout_s: float = 30) -> list[tuple[str, str]]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            got = sorted(consumer.unique().values(), key=lambda m: m.offset)
+            statuses = [(m.value["status"], m.value["reason"]) for m in got]
+            if len(statuses) >= n:
+                return statuses
+            assert time.monotonic() < deadline, f"health events so far: {statuses}"
+            await asyncio.sleep(0.1)
+
+    try:
+        assert await health(1) == [("connected", "")]
+        camera.kill()
+        down = await health(2)
+        assert camera.proc is None or camera.proc.poll() is not None  # said while the camera is away
+        assert down[1][0] == "reconnecting"
+        assert down[1][1].startswith("cam0: "), down[1]
+        camera.start()
+        back = await health(3)
+        assert back[2] == ("connected", "reconnected")
+        runtime.stop()
+        await asyncio.wait_for(task, timeout=30)
+        final = await health(4)
+    finally:
+        runtime.stop()
+        camera.kill()
+        consumer.close()
+    assert final[3] == ("ended", "stopped")
+    assert len(final) == 4  # one `reconnecting` per outage, not one per retry
+    assert "s3cret" not in json.dumps([m.value for m in consumer.messages])

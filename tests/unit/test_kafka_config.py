@@ -167,3 +167,44 @@ async def test_ended_carries_why_the_stream_ended() -> None:
         ("cam0", "ended", "cam0: gave up after 3 reconnects (last: cannot open rtsp://***@10.0.0.5/x)"),
         ("cam1", "ended", ""),
     ]
+
+
+async def test_an_outage_is_said_when_it_starts_once_and_its_end_when_the_camera_is_back() -> None:
+    """Downstream learns a camera is down while it is down, not when it is back."""
+    sink, published = capturing_sink()
+    await sink.on_stream_start(StreamInfo("cam0", connected_ns=1_700_000_000_000_000_000))
+    await sink.on_stream_lost("cam0", "cam0: rtsp://***@10.0.0.5/x disconnected")
+    await sink.on_stream_lost("cam0", "cam0: rtsp://***@10.0.0.5/x disconnected")  # a second edge
+    await sink.on_stream_reset(StreamInfo("cam0", connected_ns=1_700_000_060_000_000_000))
+    await sink.on_stream_lost("cam0", "cam0: cannot open rtsp://***@10.0.0.5/x: Connection refused")
+    await sink.on_stream_end("cam0")
+    assert [(e["status"], e["reason"]) for e in published] == [
+        ("connected", ""),
+        ("reconnecting", "cam0: rtsp://***@10.0.0.5/x disconnected"),
+        ("connected", "reconnected"),
+        ("reconnecting", "cam0: cannot open rtsp://***@10.0.0.5/x: Connection refused"),
+        ("ended", ""),
+    ]
+    assert published[2]["capture_time"] == "2023-11-14T22:14:20.000000Z"  # when it came back
+
+
+async def test_an_rtsp_camera_that_never_answers_says_lost_once_then_ends() -> None:
+    import asyncio
+
+    from engine.frame import Control, ControlKind
+    from engine.registry import SourceContext
+    from operators.sources import RtspConfig, RtspSource
+
+    config = RtspConfig(max_reconnects=3, open_timeout_s=1, backoff_initial_s=0.01, backoff_max_s=0.02)
+    ctx = SourceContext("cam0", "rtsp://admin:s3cret@127.0.0.1:9/x", NodeMetrics("cam0"), asyncio.Event())
+    sent: list[Control] = []
+
+    async def emit(msg: object) -> None:
+        assert isinstance(msg, Control)
+        sent.append(msg)
+
+    await RtspSource(config, ctx).run(emit)
+    assert [m.kind for m in sent] == [ControlKind.LOST, ControlKind.END]
+    assert sent[0].reason.startswith("cam0: cannot open rtsp://***@127.0.0.1:9/x")
+    assert sent[1].reason.startswith("cam0: gave up after 3 reconnects")
+    assert "s3cret" not in sent[0].reason + sent[1].reason
