@@ -7,6 +7,8 @@ Stream URLs are always returned with their credentials masked.
 from __future__ import annotations
 
 import hmac
+import time
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request, Response, status
@@ -53,6 +55,7 @@ class StreamStatus(BaseModel):
     dropped: int = 0
     reconnects: int = 0
     error: str | None = None
+    retry_in_s: float | None = Field(None, description="A failed stream: when a worker tries it again.")
 
 
 def create_app(worker: Worker, token: str | None, protect_reads: bool = False) -> FastAPI:
@@ -72,33 +75,31 @@ def create_app(worker: Worker, token: str | None, protect_reads: bool = False) -
 
     read_auth = [Depends(authorized)] if protect_reads else []
 
-    async def status_of(sid: str, spec: dict[str, Any], owners: dict[str, str]) -> StreamStatus:
-        """A stream as this worker sees it: pending (not run here), failed (could not start), or
-        the state its source reports (starting, running, reconnecting, ended, stopped, failed)."""
-        m = worker.runtime.metrics
-        running = sid in worker.runtime.streams and sid in worker.owned
+    async def status_of(sid: str, spec: dict[str, Any], view: _View) -> StreamStatus:
+        """A stream as the registry knows it, from any worker's API: live figures where this worker
+        runs it, the status its worker published where another one does, `failed` (with why and
+        when it is tried again) while it is held back, `starting` once claimed, else `pending`."""
+        owner = view.owners.get(sid)
         out = StreamStatus(
-            id=sid,
-            url=redact_url(spec.get("url", "")),
-            op=spec.get("op"),
-            owner=owners.get(sid),
-            state="running" if running else "pending",
-            error=worker.errors.get(sid),
+            id=sid, url=redact_url(spec.get("url", "")), op=spec.get("op"), owner=owner, state="pending"
         )
-        if running and sid in m.streams:
-            s = m.streams[sid]
-            out.frames_in, out.frames_out, out.fps = s.frames_in, s.frames_out, round(s.fps(), 2)
-            out.latency_p95_ms = s.latency.percentiles()["p95"]
-            out.dropped = m.dropped_for(sid)
-            source = m.nodes.get(sid)
-            events = source.events if source is not None else {}
-            out.reconnects = events.get("disconnects", 0) + events.get("connect_failures", 0)
-            out.state, out.error = s.state.value, s.error
-        elif out.error:
-            out.state = "failed"
+        if sid in worker.owned:
+            out = out.model_copy(update=worker.stream_status(sid))
+        elif sid in view.failed:
+            held = view.failed[sid]
+            out.state, out.error = "failed", held.get("error") or "failed"
+            out.retry_in_s = max(0.0, round(float(held.get("retry_at", 0)) - time.time(), 1))
+        elif owner is not None and view.statuses.get(sid, {}).get("owner") == owner:
+            out = out.model_copy(update=view.statuses[sid])
+        elif owner is not None:
+            out.state = "starting"
         if out.error is not None:
             out.error = scrub(out.error)
         return out
+
+    async def view() -> _View:
+        store = worker.store
+        return _View(await store.owners(), await store.statuses(), await store.failed())
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -120,15 +121,15 @@ def create_app(worker: Worker, token: str | None, protect_reads: bool = False) -
 
     @app.get("/streams", dependencies=read_auth)
     async def list_streams() -> list[StreamStatus]:
-        desired, owners = await worker.store.desired(), await worker.store.owners()
-        return [await status_of(sid, spec, owners) for sid, spec in sorted(desired.items())]
+        desired, seen = await worker.store.desired(), await view()
+        return [await status_of(sid, spec, seen) for sid, spec in sorted(desired.items())]
 
     @app.get("/streams/{stream_id}", dependencies=read_auth)
     async def get_stream(stream_id: str) -> StreamStatus:
         desired = await worker.store.desired()
         if stream_id not in desired:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no stream {stream_id!r}")
-        return await status_of(stream_id, desired[stream_id], await worker.store.owners())
+        return await status_of(stream_id, desired[stream_id], await view())
 
     def checked(body: StreamBody, stream_id: str) -> dict[str, Any]:
         spec = body.model_dump(exclude_none=True) | {"id": stream_id}
@@ -153,7 +154,7 @@ def create_app(worker: Worker, token: str | None, protect_reads: bool = False) -
         if body.id in await worker.store.desired():
             raise HTTPException(status.HTTP_409_CONFLICT, f"stream {body.id!r} exists; PUT updates it")
         await worker.store.put(spec)
-        return await status_of(body.id, spec, {})
+        return await status_of(body.id, spec, _View({}, {}, {}))
 
     @app.put("/streams/{stream_id}", dependencies=[Depends(authorized)])
     async def update_stream(stream_id: str, body: StreamBody) -> StreamStatus:
@@ -164,7 +165,7 @@ def create_app(worker: Worker, token: str | None, protect_reads: bool = False) -
             )
         spec = checked(body, stream_id)
         await worker.store.put(spec)
-        return await status_of(stream_id, spec, await worker.store.owners())
+        return await status_of(stream_id, spec, await view())
 
     @app.delete(
         "/streams/{stream_id}", status_code=status.HTTP_204_NO_CONTENT, dependencies=[Depends(authorized)]
@@ -179,6 +180,15 @@ def create_app(worker: Worker, token: str | None, protect_reads: bool = False) -
         return PlainTextResponse(f"internal error: {type(exc).__name__}", status_code=500)
 
     return app
+
+
+@dataclass
+class _View:
+    """What the registry says of every stream beyond its spec: owners, published statuses, failed."""
+
+    owners: dict[str, str]
+    statuses: dict[str, dict[str, Any]]
+    failed: dict[str, dict[str, Any]]
 
 
 class _ActiveStreams:

@@ -39,6 +39,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_seconds(text: str) -> float:
+    """argparse type: a duration in seconds, more than 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {text}")
+    return value
+
+
 def _log_level_arg(parser: argparse.ArgumentParser, default: str) -> None:
     parser.add_argument(
         "--log-level", type=str.upper, choices=LOG_LEVELS, default=default, help="log level (any case)"
@@ -100,7 +111,13 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--redis", default=os.environ.get("FG_REDIS_URL"), help="registry; none: in memory")
     w.add_argument("--namespace", default="default", help="registry namespace (one per graph)")
     w.add_argument("--worker-id", default=f"{socket.gethostname()}-{os.getpid()}")
-    w.add_argument("--lease-ttl-s", type=float, default=5.0)
+    w.add_argument("--lease-ttl-s", type=positive_seconds, default=5.0)
+    w.add_argument(
+        "--failed-retry-s",
+        type=positive_seconds,
+        default=60.0,
+        help="a stream whose source failed is handed back and tried again (by any worker) after this long",
+    )
     w.add_argument("--api-address", default="127.0.0.1")
     w.add_argument("--api-port", type=int, default=8080)
     w.add_argument("--token-file", default=os.environ.get("FG_API_TOKEN_FILE"), help="bearer token file")
@@ -216,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
 def run_exit_code(summary: dict[str, Any], process_failures: list[str]) -> int:
     """`framegraph run`'s exit status: 1 if a process failed, 4 if a stream failed (its source
     never opened, became unreadable or gave up reconnecting) or a node dropped every item it got
-    by errors, else 0. A stream whose source simply ended, or was stopped, is not a failure."""
+    by errors or for want of its output (a refused RTSP push), else 0. A stream whose source
+    simply ended, or was stopped, is not a failure."""
     if process_failures:
         return EXIT_FAILED
     if failed_streams(summary) or failing_nodes(summary):

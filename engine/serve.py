@@ -67,7 +67,9 @@ def serve_worker(plan: GraphPlan, args: argparse.Namespace) -> int:
         print(f"worker {args.worker_id}: {scrub(str(e))}", file=sys.stderr)
         return EXIT_FAILED
     store: StreamStore = RedisStore(args.redis, args.namespace) if args.redis else MemoryStore()
-    worker = Worker(plan, RunOptions(output_dir=args.output), store, args.worker_id, args.lease_ttl_s)
+    worker = Worker(
+        plan, RunOptions(output_dir=args.output), store, args.worker_id, args.lease_ttl_s, args.failed_retry_s
+    )
     app = create_app(worker, token, args.protect_reads)
     config = uvicorn.Config(
         app, host=args.api_address, port=args.api_port, log_level="warning", lifespan="off"

@@ -4,6 +4,11 @@
 workers: a worker claims a stream with `SET NX PX` and renews the lease with a compare-and-
 expire script; a worker that cannot renew stops the stream before its lease can expire, so no
 stream is ever processed by two workers at once.
+
+Besides the streams and leases the registry holds what every worker's API shows: each running
+stream's latest status (written by its worker every tick, expiring with it), failed streams
+(held back from every worker until their retry time), and which of a graph's own sources were
+registered already (so that one removed through the API stays removed across restarts).
 """
 
 from __future__ import annotations
@@ -41,6 +46,11 @@ class StreamStore(Protocol):
     async def live_workers(self) -> list[str]: ...
     async def epoch(self) -> str: ...
     async def close(self) -> None: ...
+    async def seed(self, spec: dict[str, Any]) -> bool: ...
+    async def put_statuses(self, statuses: dict[str, dict[str, Any]], ttl_s: float) -> None: ...
+    async def statuses(self) -> dict[str, dict[str, Any]]: ...
+    async def mark_failed(self, stream_id: str, info: dict[str, Any], hold_s: float) -> None: ...
+    async def failed(self) -> dict[str, dict[str, Any]]: ...
 
 
 class MemoryStore:
@@ -49,15 +59,43 @@ class MemoryStore:
     def __init__(self) -> None:
         self._specs: dict[str, dict[str, Any]] = {}
         self._owners: dict[str, str] = {}
+        self._seeded: dict[str, dict[str, Any]] = {}
+        self._statuses: dict[str, tuple[float, dict[str, Any]]] = {}  # id -> (expires, status)
+        self._failed: dict[str, tuple[float, dict[str, Any]]] = {}  # id -> (retry time, why)
 
     async def desired(self) -> dict[str, dict[str, Any]]:
         return dict(self._specs)
 
     async def put(self, spec: dict[str, Any]) -> None:
         self._specs[spec["id"]] = spec
+        self._failed.pop(spec["id"], None)  # a changed spec is tried at once
 
     async def remove(self, stream_id: str) -> bool:
+        self._failed.pop(stream_id, None)
+        self._statuses.pop(stream_id, None)
         return self._specs.pop(stream_id, None) is not None
+
+    async def seed(self, spec: dict[str, Any]) -> bool:
+        if self._seeded.get(spec["id"]) == spec:
+            return False
+        self._seeded[spec["id"]] = spec
+        await self.put(spec)
+        return True
+
+    async def put_statuses(self, statuses: dict[str, dict[str, Any]], ttl_s: float) -> None:
+        until = time.monotonic() + ttl_s
+        self._statuses.update({sid: (until, st) for sid, st in statuses.items()})
+
+    async def statuses(self) -> dict[str, dict[str, Any]]:
+        now = time.monotonic()
+        return {sid: st for sid, (until, st) in self._statuses.items() if until > now}
+
+    async def mark_failed(self, stream_id: str, info: dict[str, Any], hold_s: float) -> None:
+        self._failed[stream_id] = (time.monotonic() + hold_s, info)
+
+    async def failed(self) -> dict[str, dict[str, Any]]:
+        now = time.monotonic()
+        return {sid: info for sid, (until, info) in self._failed.items() if until > now}
 
     async def claim(self, stream_id: str, worker_id: str, ttl_s: float) -> bool:
         return self._owners.setdefault(stream_id, worker_id) == worker_id
@@ -106,10 +144,49 @@ class RedisStore:
         return {k: json.loads(v) for k, v in raw.items()}
 
     async def put(self, spec: dict[str, Any]) -> None:
-        await self.redis.hset(f"{self.prefix}:streams", spec["id"], json.dumps(spec))
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(f"{self.prefix}:streams", spec["id"], json.dumps(spec))
+            pipe.delete(f"{self.prefix}:failed:{spec['id']}")  # a changed spec is tried at once
+            await pipe.execute()
 
     async def remove(self, stream_id: str) -> bool:
-        return bool(await self.redis.hdel(f"{self.prefix}:streams", stream_id))
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hdel(f"{self.prefix}:streams", stream_id)
+            pipe.delete(f"{self.prefix}:failed:{stream_id}", f"{self.prefix}:status:{stream_id}")
+            removed, _ = await pipe.execute()
+        return bool(removed)
+
+    async def seed(self, spec: dict[str, Any]) -> bool:
+        """Register a graph's own source unless this very spec was registered before (then a
+        removal through the API stands); a source edited in the graph file is registered again."""
+        text = json.dumps(spec, sort_keys=True)
+        if await self.redis.hget(f"{self.prefix}:seeded", spec["id"]) == text:
+            return False
+        await self.put(spec)
+        await self.redis.hset(f"{self.prefix}:seeded", spec["id"], text)
+        return True
+
+    async def put_statuses(self, statuses: dict[str, dict[str, Any]], ttl_s: float) -> None:
+        if not statuses:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for sid, st in statuses.items():
+                pipe.set(f"{self.prefix}:status:{sid}", json.dumps(st), px=int(ttl_s * 1000))
+            await pipe.execute()
+
+    async def statuses(self) -> dict[str, dict[str, Any]]:
+        return await self._by_id("status")
+
+    async def mark_failed(self, stream_id: str, info: dict[str, Any], hold_s: float) -> None:
+        await self.redis.set(f"{self.prefix}:failed:{stream_id}", json.dumps(info), px=int(hold_s * 1000))
+
+    async def failed(self) -> dict[str, dict[str, Any]]:
+        return await self._by_id("failed")
+
+    async def _by_id(self, kind: str) -> dict[str, dict[str, Any]]:
+        keys = [k async for k in self.redis.scan_iter(f"{self.prefix}:{kind}:*")]
+        values = await self.redis.mget(keys) if keys else []
+        return {k.rsplit(":", 1)[1]: json.loads(v) for k, v in zip(keys, values, strict=True) if v}
 
     async def claim(self, stream_id: str, worker_id: str, ttl_s: float) -> bool:
         return bool(await self.redis.set(self._lease(stream_id), worker_id, nx=True, px=int(ttl_s * 1000)))

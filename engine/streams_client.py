@@ -111,5 +111,6 @@ def streams_table(streams: list[dict[str, Any]]) -> str:
     for s, row in zip(streams, rows, strict=True):
         lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
         if s.get("error"):
-            lines.append(f"  error: {s['error']}")
+            retry = f" (tried again in {s['retry_in_s']:g} s)" if s.get("retry_in_s") is not None else ""
+            lines.append(f"  error: {s['error']}{retry}")
     return "\n".join(lines)

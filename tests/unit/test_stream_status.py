@@ -29,7 +29,10 @@ def graph(sources: str, nodes: str = COLLECT) -> str:
 class RaisingSource(Source[Any]):
     """Raises at once, with a password-bearing URL in its message (must be scrubbed)."""
 
+    runs = 0
+
     async def run(self, emit: Emit) -> None:
+        RaisingSource.runs += 1
         raise RuntimeError("cannot reach rtsp://admin:hunter2@10.0.0.1/live")
 
 
@@ -162,5 +165,36 @@ async def test_api_shows_failed_with_the_error_and_reconnecting_until_running(tm
         listed = {s["id"]: s for s in (await client.get("/streams")).json()}
         assert listed["camx"]["state"] == "failed"
         assert listed["camx"]["error"] == states["camx"]["error"]
+    worker.stop()
+    await asyncio.wait_for(task, 10)
+
+
+async def test_a_worker_hands_a_failed_stream_back_and_tries_it_again_later(tmp_path: Path) -> None:
+    """A failed stream must not keep its lease (a slot of the worker's share) for ever: it is
+    released, shown failed with when it is tried again, and tried again after failed_retry_s."""
+    plan = plan_from_yaml(graph("  - {id: seed, url: x, op: test.synthetic, config: {frames: 1}}"))
+    store = MemoryStore()
+    worker = Worker(plan, RunOptions(output_dir=tmp_path), store, "w1", lease_ttl_s=0.5, failed_retry_s=1.5)
+    RaisingSource.runs = 0
+    task = asyncio.create_task(worker.run())
+    transport = httpx.ASGITransport(app=create_app(worker, None))
+    async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+        await wait_for(lambda: worker.ready)
+        body = {"id": "bad", "url": "x", "op": "test.raising"}
+        assert (await client.post("/streams", json=body)).status_code == 201
+        await wait_for(lambda: RaisingSource.runs == 1 and "bad" not in worker.owned)
+        assert "bad" not in await store.owners()  # the lease went back
+        shown = (await client.get("/streams/bad")).json()
+        assert shown["state"] == "failed"
+        assert shown["error"] == "cannot reach rtsp://***@10.0.0.1/live"
+        assert 0 < shown["retry_in_s"] <= 1.5
+        await asyncio.sleep(0.6)
+        assert RaisingSource.runs == 1  # held back meanwhile
+        await wait_for(lambda: RaisingSource.runs == 2, timeout_s=5)  # then tried again
+        # a changed spec is tried at once
+        fixed = {"url": "x", "op": "test.synthetic", "config": {"frames": 100000, "fps": 50}}
+        assert (await client.put("/streams/bad", json=fixed)).status_code == 200
+        await wait_for(lambda: worker.stream_status("bad")["state"] == "running", timeout_s=5)
+        assert (await client.get("/streams/bad")).json()["retry_in_s"] is None
     worker.stop()
     await asyncio.wait_for(task, 10)
