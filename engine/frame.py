@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 from enum import Enum
@@ -68,6 +69,10 @@ class Packet:
     keyframe: bool = False
     trace: Any = None
     emitted_ns: int = 0  # when it last entered an edge queue (stage timing)
+
+    def branch(self) -> Packet:
+        """A copy for a second edge out of one node: each edge times its own queue wait."""
+        return copy.copy(self)
 
 
 @dataclass(slots=True)
@@ -146,6 +151,15 @@ class Frame:
     events: list[dict[str, Any]] = field(default_factory=list)  # raised by operators: {"type": ..., ...}
     trace: Any = None  # the frame's root OpenTelemetry span (engine.tracing), or None
     emitted_ns: int = 0  # when it last entered an edge queue (stage timing)
+
+    def branch(self) -> Frame:
+        """A copy for a second edge out of one node (a fan-out): what operators set or add on one
+        branch (tensor, letterbox, outputs, detections, degraded, meta, events) must not appear on
+        the other. Pixels and arrays are shared: operators replace them, never write into them."""
+        twin = copy.copy(self)
+        twin.outputs = None if self.outputs is None else dict(self.outputs)
+        twin.degraded, twin.meta, twin.events = set(self.degraded), dict(self.meta), list(self.events)
+        return twin
 
     @property
     def height(self) -> int:

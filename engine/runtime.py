@@ -294,8 +294,8 @@ class Runtime:
                 if self.tracer is not None:
                     self.tracer.start(msg, plan.spec.id)
                 msg.emitted_ns = now_ns()
-            for q in outputs:
-                await q.put(msg)
+            for i, q in enumerate(outputs):
+                await q.put(msg if i == 0 or isinstance(msg, Control) else msg.branch())
 
         try:
             await source.run(emit)
@@ -467,8 +467,8 @@ class Runtime:
             return
         for item in out:
             item.emitted_ns = t
-            for q in node.outputs:
-                await q.put(item)
+            for i, q in enumerate(node.outputs):  # a fan-out: each branch gets a frame of its own
+                await q.put(item if i == 0 else item.branch())
 
     async def _control(self, node: _Node, msg: Control) -> None:
         sid = msg.stream_id

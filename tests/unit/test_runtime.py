@@ -363,3 +363,38 @@ async def test_on_stream_end_knows_why_the_stream_ended_with_the_password_masked
     assert "Secret8" not in reasons["cam0"]
     assert reasons["s1"] == ""  # the source gave no reason
     assert runtime.operator("out").ctx.end_reasons == {}  # only while the hook runs
+
+
+@register("test.tag")
+class TagOperator(SlowOperator):
+    """Sets what a preprocess / postprocess would on the frame it gets, named after its node."""
+
+    async def process(self, item: Item) -> Sequence[Item]:
+        assert isinstance(item, Frame)
+        await asyncio.sleep(0.002 if self.ctx.node_id == "a" else 0)  # the branches interleave
+        item.tensor = self.ctx.node_id
+        item.meta["by"] = self.ctx.node_id
+        item.events.append({"type": "tag", "by": self.ctx.node_id})
+        item.degraded.add(self.ctx.node_id)
+        return (item,)
+
+
+async def test_sibling_branches_each_get_a_frame_of_their_own() -> None:
+    """A node feeding two branches: what one branch sets on a frame must not show on the other's."""
+    nodes = "\n".join(
+        [
+            "  - {id: a, op: test.tag, inputs: [sources], config: {delay_ms: 0}}",
+            "  - {id: b, op: test.tag, inputs: [sources], config: {delay_ms: 0}}",
+            "  - {id: out_a, op: test.collect, inputs: [a]}",
+            "  - {id: out_b, op: test.collect, inputs: [b]}",
+        ]
+    )
+    runtime, summary = await run_graph(graph(synthetic(2, 30), nodes))
+    for branch in ("a", "b"):
+        collected: Any = runtime.operator(f"out_{branch}")
+        assert len(collected.items) == 60
+        for frame in collected.items:
+            assert (frame.tensor, frame.meta["by"], frame.degraded) == (branch, branch, {branch})
+            assert frame.events == [{"type": "tag", "by": branch}]
+    for nid in ("a", "b", "out_a", "out_b"):
+        assert summary["nodes"][nid]["queue_wait_ms"]["p50"] >= 0  # each edge times its own wait
