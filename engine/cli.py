@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import json
 import logging
 import os
@@ -17,6 +16,7 @@ from typing import Any
 from engine.errors import FramegraphError, GraphConfigError
 from engine.metrics import failed_streams, failing_nodes
 from engine.plan import GraphPlan, load_plan
+from engine.plugins import load_plugins
 from engine.progress import report_progress
 from engine.runtime import RunOptions, Runtime
 from engine.summary_text import summary_text
@@ -74,6 +74,13 @@ def _parser() -> argparse.ArgumentParser:
         default=60.0,
         help="--connect: the longest any one source or node may take (an embedded Triton starts in it)",
     )
+    v.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import this module or .py file first: its operators can be used (repeatable)",
+    )
     r = sub.add_parser("run", help="run a graph until its sources end (or Ctrl-C)")
     r.add_argument("graph", type=Path)
     r.add_argument(
@@ -101,9 +108,20 @@ def _parser() -> argparse.ArgumentParser:
     _log_level_arg(r, "WARNING")
     r.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics here")
     r.add_argument("--metrics-address", default="127.0.0.1", help="address for --metrics-port")
+    r.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import this module or .py file first: its operators can be used (repeatable)",
+    )
     sc = sub.add_parser("schema", help="print the JSON Schema of graph files (for editors)")
     sc.add_argument(
-        "--plugin", action="append", default=[], help="module to import (its operators join the schema)"
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import this module or .py file first: its operators join the schema (repeatable)",
     )
     w = sub.add_parser("worker", help="run a graph as a worker: streams come from a registry, API on a port")
     w.add_argument("graph", type=Path)
@@ -123,7 +141,13 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--token-file", default=os.environ.get("FG_API_TOKEN_FILE"), help="bearer token file")
     w.add_argument("--protect-reads", action="store_true", help="reads need the token too")
     w.add_argument("--output", type=Path, default=Path("out"))
-    w.add_argument("--plugin", action="append", default=[], help="module to import (registers operators)")
+    w.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import this module or .py file first: its operators can be used (repeatable)",
+    )
     _log_level_arg(w, "INFO")
     w.add_argument(
         "--processes",
@@ -150,11 +174,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    try:
+        load_plugins(getattr(args, "plugin", []))
+    except FramegraphError as e:
+        print(f"framegraph {args.command}: {e}", file=sys.stderr)
+        return EXIT_INVALID
     if args.command == "schema":
         from engine.schema import graph_schema
 
-        for module in args.plugin:
-            importlib.import_module(module)
         print(json.dumps(graph_schema(), indent=2))
         return 0
     if args.command == "streams":
@@ -165,8 +192,6 @@ def main(argv: list[str] | None = None) -> int:
         from engine.eval_cli import command as eval_command
 
         return eval_command(args)
-    for module in getattr(args, "plugin", []):
-        importlib.import_module(module)
     try:
         plan = load_plan(args.graph, args.overrides)
     except GraphConfigError as e:
@@ -258,6 +283,7 @@ def _run_processes(plan: GraphPlan, args: argparse.Namespace) -> tuple[dict[str,
         metrics_address=args.metrics_address,
         log_level=args.log_level,
         progress_interval_s=args.progress_interval_s,
+        plugins=args.plugin,
     )
     asked = args.processes or cpu_count()
     why = ""

@@ -38,6 +38,13 @@ def add_parser(sub: Any) -> None:
     e.add_argument("--leak-threshold", type=float, default=0.5, help="face score a leak needs")
     e.add_argument("--output", type=Path, default=None, help="directory for what kept operators write")
     e.add_argument("--log-level", default="WARNING")
+    e.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import this module or .py file first: its operators can be used (repeatable)",
+    )
 
 
 def _fmt(v: Any) -> str:

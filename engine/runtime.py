@@ -190,7 +190,13 @@ class Runtime:
         started: list[_Node] = []
         try:
             for node in self._nodes.values():
-                await node.op.setup()
+                try:
+                    await node.op.setup()
+                except FramegraphError:
+                    raise
+                except Exception as e:  # a plugin's own error: one line naming the node, no traceback
+                    what = f"{type(e).__name__}: {scrub(str(e))}".rstrip(": ")
+                    raise OperatorError(f"node {node.id} ({node.plan.op}): setup failed: {what}") from e
                 started.append(node)
         except Exception:
             for node in reversed(started):

@@ -40,6 +40,7 @@ class ShardJob:
     metrics_address: str = "127.0.0.1"
     log_level: str = "WARNING"
     progress_interval_s: float = 0.0
+    plugins: list[str] = field(default_factory=list)  # imported first (a spawned process has none)
 
 
 def deal_sources(n_sources: int, processes: int) -> list[list[int]]:
@@ -60,6 +61,7 @@ def shard_plan(plan: GraphPlan, indices: list[int]) -> GraphPlan:
 def _child(job: ShardJob, conn: Connection) -> None:
     """Entry point of a shard process: run its share, send the summary (or the error) back."""
     from engine.cli import run_async, run_plan
+    from engine.plugins import load_plugins
     from engine.runtime import RunOptions
 
     logging.basicConfig(
@@ -79,6 +81,7 @@ def _child(job: ShardJob, conn: Connection) -> None:
         )
 
     try:
+        load_plugins(job.plugins)
         conn.send(("ok", run_async(go())))
     except Exception as e:
         conn.send(("error", f"{type(e).__name__}: {e}"))

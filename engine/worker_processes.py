@@ -12,7 +12,6 @@ the set, and the dead process's leases expire and are taken over meanwhile.
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import multiprocessing as mp
 import os
@@ -27,6 +26,7 @@ log = logging.getLogger("framegraph.workers")
 def _child(options: dict[str, Any], index: int) -> None:
     """One worker process: the parent's options, its own id and API port."""
     from engine.plan import load_plan
+    from engine.plugins import load_plugins
     from engine.serve import serve_worker
 
     args = argparse.Namespace(**options)
@@ -36,8 +36,7 @@ def _child(options: dict[str, Any], index: int) -> None:
         level=args.log_level.upper(),
         format=f"%(asctime)s %(levelname)s worker{index} %(name)s: %(message)s",
     )
-    for module in args.plugin:
-        importlib.import_module(module)
+    load_plugins(args.plugin)
     sys.exit(serve_worker(load_plan(args.graph, args.overrides), args))
 
 
