@@ -312,11 +312,15 @@ def failing(reason: str) -> bool:
 
 
 def failing_nodes(summary: dict[str, Any]) -> dict[str, dict[str, int]]:
-    """Node id -> its failure drops, for each node that got items and dropped every one by an
-    error or for want of its output (a sink that delivered nothing)."""
+    """Node id -> its failure counts, for each node that got items and did its job for none:
+    dropped every one by an error or for want of its output (a sink that delivered nothing), or
+    passed every one on degraded (an inference node whose model served no frame)."""
     out: dict[str, dict[str, int]] = {}
     for nid, n in summary["nodes"].items():
         errors = {r: c for r, c in n.get("dropped_by_reason", {}).items() if failing(r)}
+        degraded = n.get("events", {}).get("degraded_frames", 0)
+        if degraded and n.get("last_error"):  # its own failure, not degraded frames passed on
+            errors["degraded_frames"] = degraded
         if n.get("in", 0) > 0 and sum(errors.values()) >= n["in"]:
             out[nid] = errors
     return out

@@ -71,6 +71,8 @@ def node_line(nid: str, n: dict[str, Any]) -> str:
         parts.append(f"dropped {n['dropped']} ({_counts(n.get('dropped_by_reason', {}))})")
     if "mean_batch" in n:
         parts.append(f"mean batch {n['mean_batch']}")
+    if degraded := n.get("events", {}).get("degraded_frames", 0):
+        parts.append(f"{degraded} degraded (no inference: passed on without detections)")
     events = kafka_counters(n)
     if events:
         kafka = f"kafka sent {events['sent']} / spooled {events['spooled']}"
@@ -97,7 +99,7 @@ def failure_lines(summary: dict[str, Any]) -> list[str]:
         lines.append(
             "failing nodes: "
             + "; ".join(
-                f"{nid} (dropped all {summary['nodes'][nid]['in']} items it got: {_counts(errors)}"
+                f"{nid} (failed all {summary['nodes'][nid]['in']} items it got: {_counts(errors)}"
                 + (f"; last error: {err}" if (err := summary["nodes"][nid].get("last_error")) else "")
                 + ")"
                 for nid, errors in nodes.items()

@@ -42,7 +42,7 @@ from operators.triton_shm import (
     host_array,
     is_cuda,
 )
-from operators.urls import is_local_address, redact_url
+from operators.urls import is_local_address, redact_url, scrub
 
 log = logging.getLogger("framegraph.infer")
 DEGRADED = "inference_unavailable"
@@ -254,6 +254,7 @@ class TritonInfer(Operator[TritonConfig]):
                 self.ctx.metrics.events["recoveries"] += 1
                 self.down_since = None
             return
+        self.ctx.metrics.last_error = scrub(str(last_error))
         if self.down_since is None:
             self.down_since = now
             log.error("node %s: inference unavailable, frames degraded: %s", self.ctx.node_id, last_error)
@@ -326,7 +327,9 @@ class TritonInfer(Operator[TritonConfig]):
                 # a server restarted since we registered ("Unable to find shared memory region"):
                 # the retry registers every region afresh instead of failing the same way
                 self.pool.forget_registrations()
-            raise InferenceUnavailable(f"{self.config.model}: {e.message()}") from e
+            said = e.message() or type(e).__name__
+            model = f"{self.config.model}: "
+            raise InferenceUnavailable(said if said.startswith(model) else model + said) from e
         finally:
             if slot is not None and self.pool is not None:
                 self.pool.release(slot)

@@ -325,6 +325,7 @@ class TorchInfer(Operator[TorchInferConfig]):
             results = self.model.run([f.tensor for f in frames], self.output_names)
         except (RuntimeError, MemoryError) as e:  # CUDA errors and out-of-memory are RuntimeErrors
             self.ctx.metrics.events["degraded_frames"] += len(frames)
+            self.ctx.metrics.last_error = f"{type(e).__name__}: {e}"
             if self.errors_logged < _ERRORS_LOGGED:
                 self.errors_logged += 1
                 log.error(

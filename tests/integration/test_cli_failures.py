@@ -96,7 +96,7 @@ def test_a_refused_rtsp_push_fails_the_run_and_says_why(clip_720p: Path, tmp_pat
     assert result.returncode == EXIT_STREAMS_FAILED, result.stderr
     line = result.stdout.splitlines()[-1]
     assert line.startswith(
-        "failing nodes: push (dropped all 60 items it got: rtsp_unavailable 60; last error: "
+        "failing nodes: push (failed all 60 items it got: rtsp_unavailable 60; last error: "
     ), line
     assert result.stderr.count("cam0: RTSP push failed:") == 1  # once, not once per retry
     assert "hunter2" not in result.stdout + result.stderr
@@ -254,3 +254,21 @@ def test_a_triton_address_with_credentials_and_no_scheme_is_masked(clip_ts: Path
     assert "FAILED node detect (infer.triton): node detect: Triton at ***@127.0.0.1:1" in checked.stderr
     for result in (run, checked):
         assert "TriSecret" not in result.stdout + result.stderr
+
+
+def test_a_model_that_refuses_every_frame_fails_the_run_and_says_why(
+    triton_url: str, clip_ts: Path, tmp_path: Path
+) -> None:
+    """A size CenterFace refuses (not multiples of 32): every frame degrades; that must not pass
+    for 'no faces' with exit 0."""
+    result = framegraph(
+        "run", "graphs/face_detect.yaml", "--set", f"sources.0.url={clip_ts}",
+        "--set", f"nodes.detect.config.url={triton_url}",
+        "--set", "nodes.preprocess.config={width: 330, height: 190}", "--output", tmp_path, *QUIET,
+    )  # fmt: skip
+    assert result.returncode == EXIT_STREAMS_FAILED, result.stderr
+    assert "60 degraded (no inference: passed on without detections)" in result.stdout
+    assert result.stdout.splitlines()[-1].startswith(
+        "failing nodes: detect (failed all 60 items it got: degraded_frames 60; last error: centerface: "
+    ), result.stdout
+    assert "multiples of 32" in result.stdout.splitlines()[-1]

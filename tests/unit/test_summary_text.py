@@ -68,7 +68,7 @@ def test_failures_close_the_summary() -> None:
     }
     lines = summary_text(failed).splitlines()
     assert lines[-2] == "failed streams: cam1 (cam1: cannot open x.mp4: No such file or directory)"
-    assert lines[-1] == "failing nodes: events (dropped all 60 items it got: error:KeyError 60)"
+    assert lines[-1] == "failing nodes: events (failed all 60 items it got: error:KeyError 60)"
     assert "[failed]" in next(line for line in lines if line.startswith("  stream cam1"))
 
 
