@@ -5,8 +5,9 @@ class attributes. Spelling:
 
 - `consumes`: "any", "packets", "frames", or "frames+FACT+..." where a FACT is one of
   `tensor` (a model input, made by preprocess), `outputs` (raw model outputs, by inference),
-  `detections` (by postprocess) or `redacted` (by redact). A false config field `_WAIVERS[FACT]`
-  waives FACT (sink.file's `require_redaction: false` waives `redacted`).
+  `detections` (by postprocess), `tracks` (by a tracker) or `redacted` (by redact). A false
+  config field `_WAIVERS[FACT]` waives FACT (sink.file's `require_redaction: false` waives
+  `redacted`).
 - `produces`: "same" (what came in), "packets" or "frames" (a new kind: decoders), or "+FACT"
   (what came in, plus FACT).
 
@@ -24,7 +25,7 @@ from typing import Any
 from pydantic import BaseModel
 
 PACKETS, FRAMES = "packets", "frames"
-FACTS = ("tensor", "outputs", "detections", "redacted")
+FACTS = ("tensor", "outputs", "detections", "tracks", "redacted")
 Kind = frozenset[str]  # {"packets"} or {"frames", facts...}
 
 _WAIVERS = {"redacted": "require_redaction"}  # a config field that, false, waives the fact
@@ -33,6 +34,7 @@ _LABEL = {
     "tensor": "a model tensor",
     "outputs": "model outputs",
     "detections": "detections",
+    "tracks": "track ids",
     "redacted": "redaction",
 }
 _HINT = {
@@ -41,6 +43,7 @@ _HINT = {
     "tensor": "add a preprocess node (preprocess.cpu) before it",
     "outputs": "add an inference node (infer.triton, infer.torch) before it",
     "detections": "add a postprocess node (postprocess.centerface, postprocess.textseg) before it",
+    "tracks": "take the output of a tracker (track.bytetrack): zones and lines follow tracks",
 }
 
 

@@ -8,7 +8,9 @@ into `frame.events`:
   that ends, `track.end` from the tracker, or is not seen for `track_timeout_s`, leaves);
 - `zone.dwell` once per visit, when a track has stayed `dwell_s` in a zone;
 - `line.cross` when a track's anchor crosses a line a->b: direction `a_to_b` to the right-hand
-  side of a walker going from a to b on screen (image y points down), `b_to_a` to the left.
+  side of a walker going from a to b on screen (image y points down), `b_to_a` to the left. A
+  side counts once the anchor is `line_hysteresis_px` past the line, so jitter about it does not
+  count crossings back and forth.
 
 `frame.meta["zone_counts"]` holds the tracks inside each zone of the frame's stream.
 """
@@ -70,6 +72,20 @@ class ZonesConfig(StrictModel):
         gt=0,
         description="A track unseen this long (and no track.end) is forgotten: it leaves its zones.",
     )
+    line_hysteresis_px: float = Field(
+        10.0,
+        ge=0,
+        description="A line is crossed once the anchor is this far past it (pixels): an anchor "
+        "jittering about a line crosses it once, not back and forth.",
+    )
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> ZonesConfig:
+        for kind, ids in (("zone", [z.id for z in self.zones]), ("line", [ln.id for ln in self.lines])):
+            twice = sorted({i for i in ids if ids.count(i) > 1})
+            if twice:
+                raise ValueError(f"{kind} id {twice[0]!r} is used twice: events could not tell them apart")
+        return self
 
 
 def points_in_polygon(
@@ -118,7 +134,7 @@ class _Stream:
 class ZoneAnalytics(Operator[ZonesConfig]):
     """Raises zone.enter / zone.leave / zone.dwell / line.cross events for tracked detections."""
 
-    consumes, produces = "frames+detections", "same"
+    consumes, produces = "frames+detections+tracks", "same"
     Config = ZonesConfig
 
     def __init__(self, config: ZonesConfig, ctx: OperatorContext) -> None:
@@ -194,8 +210,9 @@ class ZoneAnalytics(Operator[ZonesConfig]):
 
     def _line(self, track: _Track, tid: int, line: LineSpec, point: Point) -> list[dict[str, Any]]:
         side = side_of(line.a, line.b, point)
-        if side == 0:
-            return []  # on the line: not crossed yet
+        length = float(np.hypot(line.b[0] - line.a[0], line.b[1] - line.a[1]))
+        if side == 0 or abs(side) / length < self.config.line_hysteresis_px:
+            return []  # on the line, or too near it to say which side: not crossed (yet)
         sign = 1.0 if side > 0 else -1.0
         before = track.sides.get(line.id)
         track.sides[line.id] = (sign, point)

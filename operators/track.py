@@ -63,7 +63,7 @@ def _event(kind: str, track_id: int, class_id: int, xyxy: list[float]) -> dict[s
 class ByteTrack(Operator[ByteTrackConfig]):
     """Sets `Detections.track_id` (-1: not yet confirmed) and raises track.start / track.end."""
 
-    consumes, produces = "frames+detections", "same"
+    consumes, produces = "frames+detections", "+tracks"
     Config = ByteTrackConfig
 
     def __init__(self, config: ByteTrackConfig, ctx: OperatorContext) -> None:

@@ -111,6 +111,22 @@ def test_a_source_with_a_bad_config_still_feeds_the_kind_check() -> None:
     assert any("preprocess.cpu takes frames, but input 'cam0' gives packets" in f for f in found), found
 
 
+def test_zones_need_a_tracker_before_them() -> None:
+    zones = "config: {lines: [{id: gate, a: [0, 100], b: [640, 100]}]}"
+    found = errors_of(graph(*DETECT, f"{{id: zones, op: analytics.zones, inputs: [faces], {zones}}}"))
+    assert found == [
+        "g.yaml:9: nodes.4.inputs: analytics.zones takes frames with track ids, but input "
+        "'faces' gives frames with a model tensor, model outputs, detections; take the output of a "
+        "tracker (track.bytetrack): zones and lines follow tracks"
+    ]
+    tracked = graph(
+        *DETECT,
+        "{id: track, op: track.bytetrack, inputs: [faces]}",
+        f"{{id: zones, op: analytics.zones, inputs: [track], {zones}}}",
+    )
+    build_plan(yamlsource.load_text(tracked, "g"))
+
+
 def test_redact_and_tracker_need_detections() -> None:
     found = errors_of(graph(DETECT[0], "{id: redact, op: redact, inputs: [decode]}"))
     assert "redact takes frames with detections" in found[0]

@@ -142,3 +142,21 @@ def test_config_rejects_degenerate_shapes() -> None:
         ZonesConfig(lines=[{"id": "l", "a": [1, 1], "b": [1, 1]}])  # type: ignore[list-item]
     with pytest.raises(ValidationError):
         ZonesConfig(zones=[{"id": "z", "polygon": [[0, 0], [1, 1]]}])  # type: ignore[list-item]
+
+
+async def test_an_anchor_jittering_about_a_line_crosses_it_once() -> None:
+    """A face moving sideways along y=300 with a few pixels of jitter is no people counter's crowd."""
+    op = make_op(zones=[])
+    ys = [280, 296, 305, 297, 304, 298, 303, 296, 305, 330, 304, 297]
+    got = await run(op, [frame(i, {1: (50 + 10 * i, y)}) for i, y in enumerate(ys)])
+    assert got == [(9, {"type": "line.cross", "line_id": "gate", "track_id": 1, "direction": "a_to_b"})]
+    strict = make_op(zones=[], line_hysteresis_px=0)  # what it was: every jitter a crossing
+    assert len(await run(strict, [frame(i, {1: (50 + 10 * i, y)}) for i, y in enumerate(ys)])) == 8
+
+
+def test_zone_and_line_ids_must_be_unique() -> None:
+    twice = [{"id": "left", "polygon": [[0, 0], [10, 0], [10, 10]]}] * 2
+    with pytest.raises(ValidationError, match="zone id 'left' is used twice"):
+        ZonesConfig(zones=twice)
+    with pytest.raises(ValidationError, match="line id 'gate' is used twice"):
+        ZonesConfig(lines=[{"id": "gate", "a": [0, 0], "b": [1, 1]}] * 2)
