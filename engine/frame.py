@@ -55,6 +55,7 @@ class Control:
     stream_id: str
     info: StreamInfo | None = None
     reason: str = ""
+    at_ns: int = field(default_factory=lambda: now_ns())  # when it happened (the source made it)
 
 
 @dataclass(slots=True)

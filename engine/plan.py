@@ -316,14 +316,35 @@ def _edges(doc: SourcedDoc, spec: GraphSpec, issues: list[ConfigIssue]) -> list[
     source_ids = [s.id for s in spec.sources]
     known = [*source_ids, *sorted({n.id for n in spec.nodes})]
     edges: list[Edge] = []
+    before = len(issues)
     for index, node in enumerate(spec.nodes):
+        fed: set[str] = set()
         for j, (src, queue) in enumerate(node.edges()):
             if not _check_input(doc, ("nodes", index, "inputs", j), src, known, issues):
                 continue
-            if src == ALL_SOURCES:
-                edges.extend(Edge(s, node.id, queue) for s in source_ids)
-            else:
-                edges.append(Edge(src, node.id, queue))
+            srcs = source_ids if src == ALL_SOURCES else [src]
+            twice = [s for s in srcs if s in fed]
+            if twice:
+                why = f"'{ALL_SOURCES}' includes it" if src != ALL_SOURCES else f"{twice[0]!r} is named too"
+                issues.append(
+                    doc.issue(
+                        ("nodes", index, "inputs", j),
+                        f"input {twice[0]!r} is given twice ({why}): every item would arrive twice",
+                    )
+                )
+                continue
+            fed.update(srcs)
+            edges.extend(Edge(s, node.id, queue) for s in srcs)
+    read = {e.src for e in edges}
+    for i, sid in enumerate(source_ids):
+        if sid not in read and len(issues) == before:  # a misspelt input may have meant it
+            issues.append(
+                doc.issue(
+                    ("sources", i, "id"),
+                    f"source {sid!r} is read by no node: name it (or '{ALL_SOURCES}') in a node's "
+                    "inputs, or remove it",
+                )
+            )
     return edges
 
 

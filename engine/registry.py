@@ -41,6 +41,7 @@ class OperatorContext:
     # why each stream ended, as its source said (scrubbed): set by the runtime just before
     # `on_stream_end`, e.g. "end of file", "stopped", "cam0: gave up after 3 reconnects (...)"
     end_reasons: dict[str, str] = field(default_factory=dict)
+    end_at_ns: dict[str, int] = field(default_factory=dict)  # when each stream ended, likewise
     _pinned: ThreadPoolExecutor | None = None
 
     async def run_blocking(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -98,9 +99,9 @@ class Operator(Generic[ConfigT]):
         """The source reconnected; decoders start over. May emit flushed items."""
         return ()
 
-    async def on_stream_lost(self, stream_id: str, reason: str) -> None:
+    async def on_stream_lost(self, stream_id: str, reason: str, at_ns: int) -> None:
         """The source lost its stream, or cannot reach it yet (it may not have started), and
-        retries; `reason` says why (scrubbed). A reset or an end follows."""
+        retries; `reason` says why (scrubbed), `at_ns` when it noticed. A reset or an end follows."""
 
     async def on_stream_end(self, stream_id: str) -> Sequence[Item]:
         """Release per-stream state; may emit items still held (a decoder's tail)."""

@@ -490,7 +490,7 @@ class Runtime:
             elif msg.kind is ControlKind.RESET and msg.info is not None:
                 await self._emit(node, await op.on_stream_reset(msg.info))
             elif msg.kind is ControlKind.LOST:
-                await op.on_stream_lost(sid, scrub(msg.reason))
+                await op.on_stream_lost(sid, scrub(msg.reason), msg.at_ns)
             elif msg.kind is ControlKind.END:
                 left = node.open_streams.get(sid, 1) - 1
                 if left > 0:
@@ -498,10 +498,12 @@ class Runtime:
                     return
                 node.open_streams.pop(sid, None)
                 op.ctx.end_reasons[sid] = scrub(msg.reason or "")
+                op.ctx.end_at_ns[sid] = msg.at_ns
                 try:
                     await self._emit(node, await op.on_stream_end(sid))
                 finally:
                     op.ctx.end_reasons.pop(sid, None)
+                    op.ctx.end_at_ns.pop(sid, None)
         except Exception as e:
             node.metrics.errors += 1
             log.error("node %s: stream %s %s hook failed: %s", node.id, sid, msg.kind.value, scrub(str(e)))

@@ -129,6 +129,7 @@ class _Stream:
     zones: list[tuple[str, npt.NDArray[np.float64]]]
     lines: list[LineSpec]
     tracks: dict[int, _Track] = field(default_factory=dict)
+    blind_since_ns: int | None = None  # the first frame the detector could not see, while it cannot
 
 
 class ZoneAnalytics(Operator[ZonesConfig]):
@@ -172,7 +173,16 @@ class ZoneAnalytics(Operator[ZonesConfig]):
 
     def _update(self, state: _Stream, frame: Frame) -> list[dict[str, Any]]:
         now = frame.capture_ns
-        ids, points = self._anchors(frame.detections)
+        det = frame.detections
+        if det is None or det.degraded:  # the detector is blind: nobody left, like the tracker
+            if state.blind_since_ns is None:
+                state.blind_since_ns = now
+            return []
+        if state.blind_since_ns is not None:  # seeing again: the blind time does not count as unseen
+            for track in state.tracks.values():
+                track.last_seen_ns += now - state.blind_since_ns
+            state.blind_since_ns = None
+        ids, points = self._anchors(det)
         inside = {zid: points_in_polygon(points, poly) for zid, poly in state.zones} if ids else {}
         events: list[dict[str, Any]] = []
         for i, tid in enumerate(ids):

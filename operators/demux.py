@@ -30,6 +30,7 @@ class Demuxer:
     ) -> None:
         self.stream_id = stream_id
         self.safe_url = redact_url(url)
+        self.read_timeout_s = timeout_s[1] if timeout_s else None
         self.corrupt = 0
         try:
             self.container: Any = av.open(url, options=options or {}, timeout=timeout_s)
@@ -76,6 +77,9 @@ class Demuxer:
                     raise SourceError(f"{self.stream_id}: unreadable data: {_reason(e)}") from None
                 log.warning("%s: skipped unreadable data: %s", self.stream_id, _reason(e))
             except (av.error.FFmpegError, OSError) as e:  # timeouts, resets: the caller reconnects
+                if isinstance(e, av.error.ExitError) and self.read_timeout_s:  # PyAV's read timeout
+                    why = f"no data for {self.read_timeout_s:g} s (read_timeout_s): the stream stalled"
+                    raise SourceError(f"{self.stream_id}: read failed: {why}") from None
                 raise SourceError(f"{self.stream_id}: read failed: {_reason(e)}") from None
 
     def close(self) -> None:

@@ -344,11 +344,12 @@ class KafkaSink(Operator[KafkaSinkConfig]):
         self._lost.discard(info.stream_id)
         await self._health(info.stream_id, "connected", at_ns=info.connected_ns)
 
-    async def on_stream_lost(self, stream_id: str, reason: str) -> None:
-        # once per outage: a stream that reaches this sink on two edges sends it twice
+    async def on_stream_lost(self, stream_id: str, reason: str, at_ns: int) -> None:
+        # once per outage: a stream that reaches this sink on two edges sends it twice; stamped
+        # when the source noticed, not when the notice got through the queues to this sink
         if stream_id not in self._lost:
             self._lost.add(stream_id)
-            await self._health(stream_id, "reconnecting", reason)
+            await self._health(stream_id, "reconnecting", reason, at_ns=at_ns)
 
     async def on_stream_reset(self, info: StreamInfo) -> Sequence[Item]:
         self._lost.discard(info.stream_id)
@@ -359,7 +360,12 @@ class KafkaSink(Operator[KafkaSinkConfig]):
         self._watch.forget(stream_id)
         self._lost.discard(stream_id)
         # the source's own words: "end of file", "stopped", or why it gave up (scrubbed)
-        await self._health(stream_id, "ended", self.ctx.end_reasons.get(stream_id, ""))
+        await self._health(
+            stream_id,
+            "ended",
+            self.ctx.end_reasons.get(stream_id, ""),
+            at_ns=self.ctx.end_at_ns.get(stream_id),
+        )
         return ()
 
     async def process(self, item: Item) -> Sequence[Item]:

@@ -104,12 +104,14 @@ class Redact(Operator[RedactConfig]):
         if not isinstance(item.image, np.ndarray):
             raise TypeError("redact needs frames on the CPU (numpy images)")
         if self.unavailable(item):
-            if self.config.on_unavailable == "withhold":
-                self.ctx.metrics.events["redaction_withheld"] += 1
-                self.ctx.metrics.drop(item.stream_id, "redaction_withheld")
-                return ()
+            # fail-closed: no pixel of the original goes on; a withheld frame goes on covered too,
+            # so that its audit event reaches the event sinks (video sinks do not write it)
             image = redaction.cover(item.image, self.config.fill_color)
-            return (self._out(item, image, "covered", 1),)
+            why = ",".join(sorted(item.degraded)) or (
+                "no detections" if item.detections is None else "detections unavailable"
+            )
+            treatment = "withheld" if self.config.on_unavailable == "withhold" else "covered"
+            return (self._out(item, image, treatment, 0 if treatment == "withheld" else 1, why),)
         assert item.detections is not None
         memory = self.streams.setdefault(item.stream_id, _StreamMemory())
         regions = self.regions(item, item.detections, memory)
@@ -122,9 +124,11 @@ class Redact(Operator[RedactConfig]):
         out = image.copy()
         return out, redaction.apply(out, regions, self.style)
 
-    def _out(self, frame: Frame, image: np.ndarray, treatment: str, regions: int) -> Frame:
+    def _out(self, frame: Frame, image: np.ndarray, treatment: str, regions: int, reason: str = "") -> Frame:
         self.ctx.metrics.events[f"redaction_{treatment}"] += 1
-        event = {"type": "redaction", "treatment": treatment, "regions": regions}
+        event: dict[str, object] = {"type": "redaction", "treatment": treatment, "regions": regions}
+        if reason:
+            event["reason"] = reason
         return dataclasses.replace(
             frame,
             image=image,

@@ -173,7 +173,7 @@ class RtspSource(_PacketSource):
         reconnects = 0
         safe = redact_url(self.ctx.url)
         last_error = ""  # why the last connection failed or ended (scrubbed), for the stream's state
-        lost = False  # LOST was sent for this outage (once per outage, not once per retry)
+        lost_at: float | None = None  # when LOST was sent for this outage (once, not once per retry)
         try:
             while not self.ctx.stop.is_set() and not self.limit_reached():
                 try:
@@ -184,14 +184,17 @@ class RtspSource(_PacketSource):
                     self.ctx.metrics.events["connect_failures"] += 1
                     log.warning("%s (attempt %d)", last_error, failures)
                 else:
+                    if lost_at is not None:  # say it is back, not only that it went
+                        away_s = time.monotonic() - lost_at
+                        log.warning("%s: %s reconnected after %.1f s", self.ctx.stream_id, safe, away_s)
+                        lost_at = None
                     failures = 0
-                    lost = False
                     last_error = f"{self.ctx.stream_id}: {safe} disconnected"
                     try:
                         await self.announce(emit, demuxer.info())
                         await self.pump(emit, demuxer, reader, pace=False)
-                    except SourceError as e:
-                        last_error = f"{self.ctx.stream_id}: read failed: {scrub(str(e))}"
+                    except SourceError as e:  # its text names the stream and says "read failed"
+                        last_error = scrub(str(e))
                         log.warning("%s", last_error)
                     finally:
                         await reader.call(demuxer.close)
@@ -206,8 +209,8 @@ class RtspSource(_PacketSource):
                         f"{self.ctx.stream_id}: gave up after {cfg.max_reconnects} reconnects (last: {last})"
                     )
                 self.ctx.metrics.source_retrying(last_error)
-                if not lost:  # downstream hears of the outage now, not when it is over
-                    lost = True
+                if lost_at is None:  # downstream hears of the outage now, not when it is over
+                    lost_at = time.monotonic()
                     await emit(Control(ControlKind.LOST, self.ctx.stream_id, reason=last_error))
                 await self._backoff(failures)
         except SourceError as e:

@@ -162,7 +162,11 @@ class _VideoSink(Operator[Any]):
             await self.on_stream_end(sid)
 
     def admitted(self, frame: Frame) -> bool:
-        """The fail-closed gate: only frames `redact` has treated pass (unless switched off)."""
+        """The fail-closed gate: only frames `redact` has treated pass (unless switched off); a
+        frame it withheld (no detections, `on_unavailable: withhold`) is never written."""
+        if frame.meta.get("redaction") == "withheld":
+            self.ctx.metrics.drop(frame.stream_id, "redaction_withheld")
+            return False
         if not self.config.require_redaction or frame.meta.get("redaction") in TREATMENTS:
             return True
         self.ctx.metrics.drop(frame.stream_id, "unredacted")

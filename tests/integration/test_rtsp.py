@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import time
 
@@ -93,14 +94,19 @@ async def test_server_killed_and_restarted_reconnects_while_another_stream_keeps
 
 
 async def test_hung_server_trips_the_stall_watchdog_and_the_stream_comes_back(
-    rtsp_server: RtspServer,
+    rtsp_server: RtspServer, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="framegraph")
     runtime = Runtime(plan_from_yaml(rtsp_graph(rtsp_server.url("astro"))), RunOptions())
     task = asyncio.create_task(runtime.run())
     await asyncio.sleep(2.5)
     rtsp_server.signal(signal.SIGSTOP)
-    await asyncio.sleep(3.5)
+    errors: set[str] = set()
+    for _ in range(35):  # what the API shows while it is stalled: why, in words
+        await asyncio.sleep(0.1)
+        errors.add(runtime.metrics.stream("cam0").error or "")
     rtsp_server.signal(signal.SIGCONT)
+    assert "cam0: read failed: no data for 1.5 s (read_timeout_s): the stream stalled" in errors, errors
     resumed_ns = now_ns()
     await asyncio.sleep(5)
     runtime.stop()
@@ -109,6 +115,7 @@ async def test_hung_server_trips_the_stall_watchdog_and_the_stream_comes_back(
     events = summary["nodes"]["cam0"]["events"]
     assert events.get("disconnects", 0) + events.get("connect_failures", 0) >= 1
     assert sum(t > resumed_ns for t in out.arrived_ns) > 30
+    assert f"cam0: {rtsp_server.url('astro')} reconnected after " in caplog.text  # it says it is back
 
 
 @pytest.mark.parametrize("transport", ["tcp", "udp"])

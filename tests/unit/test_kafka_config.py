@@ -173,10 +173,11 @@ async def test_an_outage_is_said_when_it_starts_once_and_its_end_when_the_camera
     """Downstream learns a camera is down while it is down, not when it is back."""
     sink, published = capturing_sink()
     await sink.on_stream_start(StreamInfo("cam0", connected_ns=1_700_000_000_000_000_000))
-    await sink.on_stream_lost("cam0", "cam0: rtsp://***@10.0.0.5/x disconnected")
-    await sink.on_stream_lost("cam0", "cam0: rtsp://***@10.0.0.5/x disconnected")  # a second edge
+    lost_ns = 1_700_000_030_000_000_000
+    await sink.on_stream_lost("cam0", "cam0: rtsp://***@10.0.0.5/x disconnected", lost_ns)
+    await sink.on_stream_lost("cam0", "cam0: rtsp://***@10.0.0.5/x disconnected", lost_ns)  # a 2nd edge
     await sink.on_stream_reset(StreamInfo("cam0", connected_ns=1_700_000_060_000_000_000))
-    await sink.on_stream_lost("cam0", "cam0: cannot open rtsp://***@10.0.0.5/x: Connection refused")
+    await sink.on_stream_lost("cam0", "cam0: cannot open rtsp://***@10.0.0.5/x: Connection refused", lost_ns)
     await sink.on_stream_end("cam0")
     assert [(e["status"], e["reason"]) for e in published] == [
         ("connected", ""),
@@ -185,6 +186,7 @@ async def test_an_outage_is_said_when_it_starts_once_and_its_end_when_the_camera
         ("reconnecting", "cam0: cannot open rtsp://***@10.0.0.5/x: Connection refused"),
         ("ended", ""),
     ]
+    assert published[1]["capture_time"] == "2023-11-14T22:13:50.000000Z"  # when the source noticed
     assert published[2]["capture_time"] == "2023-11-14T22:14:20.000000Z"  # when it came back
 
 

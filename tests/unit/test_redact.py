@@ -180,7 +180,8 @@ async def test_unavailable_detections_cover_the_whole_frame(det: Detections | No
     assert out is not None
     assert is_fill(out.image)
     assert out.meta["redaction"] == "covered"
-    assert out.events[-1] == {"type": "redaction", "treatment": "covered", "regions": 1}
+    why = "no detections" if det is None else "detections unavailable"
+    assert out.events[-1] == {"type": "redaction", "treatment": "covered", "regions": 1, "reason": why}
     assert op.ctx.metrics.events["redaction_covered"] == 1
 
 
@@ -193,17 +194,25 @@ async def test_frame_marked_inference_unavailable_is_covered_even_with_boxes() -
     assert is_fill(out.image)
 
 
-async def test_withhold_drops_and_counts_unavailable_frames() -> None:
-    op = make(on_unavailable="withhold")
-    assert await run(op, None, 0) is None
-    assert await run(op, Detections.unavailable(), 1) is None
-    out = await run(op, dets(), 2)
-    assert out is not None
-    assert out.meta["redaction"] == "clean"
+async def test_withhold_passes_on_a_covered_frame_marked_withheld_with_its_audit_event() -> None:
+    """A withheld frame is never written (video sinks refuse it), but its audit event must reach
+    the event sinks: it goes on covered, marked withheld."""
+    op = make(on_unavailable="withhold", fill_color=FILL)
+    frame = Frame("cam0", 0, 0, 0, noise_image(), detections=dets())
+    frame.degraded.add("inference_unavailable")
+    for out in [await run(op, None, 0), *(await op.process(frame))]:
+        assert isinstance(out, Frame)
+        assert out.meta["redaction"] == "withheld"
+        assert is_fill(out.image)  # no pixel of the original goes on
+        assert out.events[-1]["treatment"] == "withheld"
+        assert out.events[-1]["regions"] == 0
+    assert out.events[-1]["reason"] == "inference_unavailable"
+    clean = await run(op, dets(), 2)
+    assert clean is not None
+    assert clean.meta["redaction"] == "clean"
     m = op.ctx.metrics
-    assert m.events["redaction_withheld"] == 2
-    assert m.events["redaction_clean"] == 1
-    assert m.dropped[("cam0", "redaction_withheld")] == 2
+    assert (m.events["redaction_withheld"], m.events["redaction_clean"]) == (2, 1)
+    assert not m.dropped  # the video sink drops it, not redact
 
 
 async def test_never_modifies_the_input_frame_or_its_image() -> None:

@@ -26,9 +26,11 @@ def test_the_busy_thread_is_on_top_and_the_waiting_ones_are_idle() -> None:
             t.join()
     fig = sampler.figures()
     assert fig["samples"] > 50
-    assert fig["top"][0]["thread"] == "spinner"
-    assert "spin_in_a_known_place" in fig["top"][0]["stack"]
-    assert "tests/unit/test_stack_sampler.py" in fig["top"][0]["stack"]
+    # threads other tests left behind (executors, consumers) may sample too: judge ours only
+    ours = [t for t in fig["top"] if t["thread"] in ("spinner", "waiter")]
+    assert ours[0]["thread"] == "spinner"
+    assert "spin_in_a_known_place" in ours[0]["stack"]
+    assert "tests/unit/test_stack_sampler.py" in ours[0]["stack"]
     assert fig["busy_threads"]["spinner"] > 0.5  # it ran (or wanted the GIL) most of the time
     assert fig["busy_threads"].get("waiter", 0.0) < 0.1  # three threads in Event.wait: idle
 

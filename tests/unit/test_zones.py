@@ -160,3 +160,18 @@ def test_zone_and_line_ids_must_be_unique() -> None:
         ZonesConfig(zones=twice)
     with pytest.raises(ValidationError, match="line id 'gate' is used twice"):
         ZonesConfig(lines=[{"id": "gate", "a": [0, 0], "b": [1, 1]}] * 2)
+
+
+async def test_a_blind_detector_does_not_make_tracks_leave_their_zones() -> None:
+    """Triton away for longer than track_timeout_s: the tracker keeps its tracks, so zones must
+    not count a leave and a second visit for the same person."""
+    op = make_op(track_timeout_s=0.25)
+    blind = [
+        Frame("cam0", s, s, s * 1_000_000_000 // FPS, np.zeros((480, 640, 3), np.uint8),
+              detections=Detections.unavailable())
+        for s in range(1, 9)
+    ]  # fmt: skip
+    got = await run(op, [frame(0, {1: (150, 150)}), *blind, frame(9, {1: (150, 150)})])
+    # one visit: no leave while blind, no second enter; it stayed 0.9 s, so it dwelled (0.5 s)
+    assert [(s, e["type"]) for s, e in got] == [(0, "zone.enter"), (9, "zone.dwell")]
+    assert op._streams["cam0"].tracks.keys() == {1}
