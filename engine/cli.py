@@ -231,6 +231,12 @@ def main(argv: list[str] | None = None) -> int:
             f"device {plan.device}: {plan.device_reason})"
         )
         return 0
+    if args.summary_json is not None and args.summary_json.is_dir():  # say it now, not after the run
+        print(
+            f"framegraph run: --summary-json {args.summary_json} is a directory: give a file path",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     aliased = [f"{n.spec.id}={n.op}" for n in plan.nodes if n.op != n.spec.op]
     print(
@@ -250,8 +256,12 @@ def main(argv: list[str] | None = None) -> int:
     for failure in failures:
         print(f"run failed: {scrub(failure)}", file=sys.stderr)
     if args.summary_json:
-        args.summary_json.parent.mkdir(parents=True, exist_ok=True)
-        args.summary_json.write_text(json.dumps(summary, indent=2))
+        try:
+            args.summary_json.parent.mkdir(parents=True, exist_ok=True)
+            args.summary_json.write_text(json.dumps(summary, indent=2))
+        except OSError as e:
+            print(f"run: cannot write --summary-json {args.summary_json}: {e.strerror or e}", file=sys.stderr)
+            return EXIT_FAILED
     return run_exit_code(summary, failures)
 
 

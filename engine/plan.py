@@ -287,7 +287,7 @@ def _node_checks(
     if not issubclass(cls, Operator):
         issues.append(doc.issue(("nodes", index, "op"), f"{op!r} is a source, not a node"))
         return name, None, None
-    if batched and not cls.batching:
+    if batched and not cls.batching and name == op:  # an alias: the GPU operator it may pick batches
         reason = f"operator {name!r} does not batch; remove 'batch'"
         issues.append(doc.issue(("nodes", index, "batch"), reason))
     return name, cls, _typed_config(doc, ("nodes", index, "config"), cls, raw, issues)

@@ -166,3 +166,20 @@ class GraphSpec(StrictModel):
     sources: list[SourceSpec] = Field(min_length=1)
     nodes: list[NodeSpec] = Field(min_length=1)
     tracing: TracingSpec = Field(default_factory=TracingSpec)
+
+
+def template_problem(template: str, known: tuple[str, ...]) -> str | None:
+    """Why `template` (str.format placeholders, e.g. "{stream}.mp4") cannot be filled from the
+    fields `known`; None when it can. A config validator raises it, so `validate` says it."""
+    import string
+
+    try:
+        fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as e:
+        return f"{template!r} is not a valid template ({e}); write a literal brace as {{{{ or }}}}"
+    for name in fields:
+        base = name.split(".")[0].split("[")[0]
+        if base not in known:
+            allowed = ", ".join("{" + k + "}" for k in known) or "none"
+            return f"unknown placeholder {{{name}}} in {template!r}: it knows {allowed}"
+    return None

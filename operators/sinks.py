@@ -9,13 +9,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from engine.errors import OperatorError
 from engine.events import frame_events, plain
 from engine.frame import Frame, Item, Packet, now_ns
 from engine.registry import Operator
-from engine.spec import StrictModel
+from engine.spec import StrictModel, template_problem
 from engine.tracing import trace_id
 
 
@@ -33,6 +33,13 @@ class JsonlConfig(StrictModel):
         ),
     )
     flush_interval_s: float = Field(1.0, ge=0, description="How often buffered lines are flushed.")
+
+    @field_validator("path")
+    @classmethod
+    def _fillable(cls, value: str) -> str:
+        if (why := template_problem(value, ("graph",))) is not None:
+            raise ValueError(why + " (one file holds every stream: each line names its stream)")
+        return value
 
 
 def frame_record(frame: Frame, graph: str) -> dict[str, Any]:

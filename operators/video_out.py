@@ -21,11 +21,11 @@ from typing import Any, Literal
 import av
 import av.error
 import numpy as np
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from engine.frame import Frame, Item, StreamInfo
 from engine.registry import Operator, OperatorContext
-from engine.spec import StrictModel
+from engine.spec import StrictModel, template_problem
 from operators.urls import scrub
 
 log = logging.getLogger("framegraph.video_out")
@@ -211,6 +211,13 @@ class FileConfig(EncodeConfig):
     )
     segment_s: float = Field(0.0, ge=0, description="Start a new file every this many seconds; 0: one file.")
 
+    @field_validator("path")
+    @classmethod
+    def _fillable(cls, value: str) -> str:
+        if (why := template_problem(value, ("graph", "stream", "segment"))) is not None:
+            raise ValueError(why)
+        return value
+
 
 class FileSink(_VideoSink):
     """An MP4 per stream (or a numbered series of segments) under the run's output directory."""
@@ -285,6 +292,13 @@ class RtspConfig(EncodeConfig):
         "servers drop a burst faster than real time.",
     )
     preset: str = Field("ultrafast", description="libx264 preset; live output favours speed.")
+
+    @field_validator("url")
+    @classmethod
+    def _fillable(cls, value: str) -> str:
+        if (why := template_problem(value, ("stream",))) is not None:
+            raise ValueError(why)
+        return value
 
 
 class RtspSink(_VideoSink):

@@ -118,6 +118,7 @@ def test_a_file_that_ends_is_ok_and_exits_0(clip_720p: Path, tmp_path: Path) -> 
         (["--log-level", "bogus"], "argument --log-level: invalid choice: 'BOGUS'"),
         (["--max-frames", "0"], "argument --max-frames: must be 1 or more, got 0"),
         (["--max-frames", "-5"], "argument --max-frames: must be 1 or more, got -5"),
+        (["--summary-json", "/tmp"], "--summary-json /tmp is a directory: give a file path"),
     ],
 )
 def test_bad_run_arguments_are_one_clear_error(args: list[str], message: str) -> None:

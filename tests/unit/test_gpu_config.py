@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from engine import device
+from engine import device, yamlsource
 from engine.errors import FramegraphError, GraphConfigError, OperatorError
 from engine.frame import Frame
+from engine.plan import build_plan
 from engine.samples import scene
 from engine.testing import plan_from_yaml, run_graph
 from operators import gpu_decode
@@ -181,6 +182,23 @@ def test_resolve_alias_without_gpu_names_each_candidate(monkeypatch: pytest.Monk
 def test_resolve_alias_auto_follows_choose_device(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(device, "choose_device", lambda requested: ("cpu", "auto: no GPU"))
     assert device.resolve_alias("preprocess", "auto") == "preprocess.cpu"
+
+
+def test_a_batched_preprocess_alias_written_for_a_gpu_validates_on_a_cpu_machine(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`op: preprocess` with `batch:` (the GPU operators batch) must not fail where it resolves
+    to preprocess.cpu, which does not: the batch is ignored there; named ops are still checked."""
+    monkeypatch.setattr(device, "choose_device", lambda requested: ("cpu", "auto: no GPU"))
+    text = (
+        "name: g\ndevice: auto\nsources: [{id: cam0, url: clip.mp4}]\nnodes:\n"
+        "  - {id: decode, op: decode, inputs: [sources]}\n"
+        "  - {id: pre, op: preprocess, inputs: [decode], batch: {max_batch: 8}}\n"
+    )
+    plan = build_plan(yamlsource.load_text(text, "g.yaml"))
+    assert [n.op for n in plan.nodes] == ["decode.pyav", "preprocess.cpu"]
+    with pytest.raises(GraphConfigError, match=r"operator 'preprocess\.cpu' does not batch"):
+        build_plan(yamlsource.load_text(text.replace("op: preprocess,", "op: preprocess.cpu,"), "g.yaml"))
 
 
 def test_importing_gpu_operators_imports_no_gpu_library() -> None:

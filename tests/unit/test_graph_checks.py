@@ -127,6 +127,26 @@ def test_zones_need_a_tracker_before_them() -> None:
     build_plan(yamlsource.load_text(tracked, "g"))
 
 
+def test_output_path_placeholders_must_be_ones_the_sink_fills() -> None:
+    found = errors_of(
+        graph(
+            DETECT[0],
+            "{id: events, op: sink.jsonl, inputs: [decode], config: {path: '{stream}.jsonl'}}",
+            "{id: video, op: sink.file, inputs: [decode], config: {path: '{strem}.mp4', require_redaction: false}}",
+            "{id: push, op: sink.rtsp, inputs: [decode], config: {url: 'rtsp://h/{id}', require_redaction: false}}",
+            "{id: ok, op: sink.file, inputs: [decode], config: {path: '{graph}/{stream}_{segment:04d}.mp4', "
+            "segment_s: 5, require_redaction: false}}",
+        )
+    )
+    assert found == [
+        "g.yaml:6: nodes.1.config.path: unknown placeholder {stream} in '{stream}.jsonl': it knows {graph} "
+        "(one file holds every stream: each line names its stream)",
+        "g.yaml:7: nodes.2.config.path: unknown placeholder {strem} in '{strem}.mp4': it knows {graph}, "
+        "{stream}, {segment}",
+        "g.yaml:8: nodes.3.config.url: unknown placeholder {id} in 'rtsp://h/{id}': it knows {stream}",
+    ]
+
+
 def test_redact_and_tracker_need_detections() -> None:
     found = errors_of(graph(DETECT[0], "{id: redact, op: redact, inputs: [decode]}"))
     assert "redact takes frames with detections" in found[0]
