@@ -9,7 +9,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from engine.errors import FramegraphError
-from engine.metrics import Metrics
+from engine.metrics import Metrics, StreamState
 
 
 class MetricsCollector(Collector):
@@ -30,7 +30,20 @@ class MetricsCollector(Collector):
         latency = GaugeMetricFamily(
             "framegraph_latency_ms", "Capture-to-sink latency", labels=["graph", "stream", "quantile"]
         )
+        up = GaugeMetricFamily(
+            "framegraph_stream_up",
+            "1 while a stream's frames flow (running), else 0",
+            labels=["graph", "stream"],
+        )
+        state = GaugeMetricFamily(
+            "framegraph_stream_state",
+            "1 for a stream's current state (starting, running, reconnecting, ended, stopped, failed)",
+            labels=["graph", "stream", "state"],
+        )
         for sid, s in self.metrics.streams.items():
+            up.add_metric([g, sid], 1 if s.state is StreamState.RUNNING else 0)
+            for st in StreamState:
+                state.add_metric([g, sid, st.value], 1 if s.state is st else 0)
             frames_in.add_metric([g, sid], s.frames_in)
             frames_out.add_metric([g, sid], s.frames_out)
             for q, value in s.latency.percentiles().items():
@@ -61,7 +74,7 @@ class MetricsCollector(Collector):
                         stage.add_metric([g, nid, kind, q], value)
             for name, n in m.events.items():
                 events.add_metric([g, nid, name], n)
-        yield from (frames_in, frames_out, latency, items, dropped, stage, events)
+        yield from (up, state, frames_in, frames_out, latency, items, dropped, stage, events)
 
 
 def serve(metrics: Metrics, graph: str, port: int, address: str = "127.0.0.1") -> CollectorRegistry:

@@ -172,6 +172,8 @@ class RtspSource(_PacketSource):
         failures = 0
         reconnects = 0
         safe = redact_url(self.ctx.url)
+        for counter in ("disconnects", "connect_failures"):  # exported at 0 from the start (alerts)
+            self.ctx.metrics.events[counter] += 0
         last_error = ""  # why the last connection failed or ended (scrubbed), for the stream's state
         lost_at: float | None = None  # when LOST was sent for this outage (once, not once per retry)
         try:

@@ -121,4 +121,7 @@ async def test_health_ready_and_metrics(api: tuple[httpx.AsyncClient, Worker]) -
     metrics = (await client.get("/metrics")).text
     assert 'framegraph_streams_active{worker="w1"} 1.0' in metrics
     assert "framegraph_frames_in_total" in metrics
+    assert 'framegraph_stream_up{graph="api_test",stream="seed"} 1.0' in metrics  # alert on 0
+    assert 'framegraph_stream_state{graph="api_test",state="running",stream="seed"} 1.0' in metrics
+    assert 'framegraph_stream_state{graph="api_test",state="failed",stream="seed"} 0.0' in metrics
     assert "/streams" in (await client.get("/openapi.json")).json()["paths"]

@@ -34,6 +34,8 @@ DASHBOARD_METRICS = {
     "framegraph_latency_ms": {"graph", "stream", "quantile"},
     "framegraph_stage_ms": {"graph", "node", "kind", "quantile"},
     "framegraph_node_events_total": {"graph", "node", "event"},
+    "framegraph_stream_up": {"graph", "stream"},
+    "framegraph_stream_state": {"graph", "stream", "state"},
 }
 # Added by the scrape (kubernetes-pods job); framegraph_streams_active is per worker.
 SCRAPE_LABELS = {"namespace", "pod"}
