@@ -158,13 +158,13 @@ def _parser() -> argparse.ArgumentParser:
         "API-PORT+i; 0: one per core): per-frame Python work then uses K cores",
     )
     s = sub.add_parser("streams", help="list, add or remove streams through a worker's control API")
-    s.add_argument("action", choices=["ls", "add", "rm"])
+    s.add_argument("action", choices=["ls", "add", "update", "rm"])
     s.add_argument("stream_id", nargs="?")
     s.add_argument("--api", default=os.environ.get("FG_API_URL", "http://127.0.0.1:8080"))
     s.add_argument("--token", default=os.environ.get("FG_API_TOKEN"))
-    s.add_argument("--url", help="with add: the stream's URL")
-    s.add_argument("--op", help="with add: the source operator")
-    s.add_argument("--config", default="{}", help="with add: the source config as JSON")
+    s.add_argument("--url", help="with add, update: the stream's URL")
+    s.add_argument("--op", help="with add, update: the source operator")
+    s.add_argument("--config", default="{}", help="with add, update: the source config as JSON")
     s.add_argument("--json", action="store_true", help="with ls: print the API's JSON, not a table")
     from engine.eval_cli import add_parser as add_eval_parser
 

@@ -1,4 +1,4 @@
-"""`framegraph streams ls|add|rm`: a small client of a worker's control API.
+"""`framegraph streams ls|add|update|rm`: a small client of a worker's control API.
 
 Exit status: 0 done, 1 the API could not be reached or refused the request, 2 a usage error
 (missing STREAM_ID or --url, --config that is not a JSON object, --api that is not an http(s) URL).
@@ -25,7 +25,7 @@ def _usage(message: str) -> int:
 def _body(args: argparse.Namespace) -> dict[str, Any] | str:
     """The POST /streams body, or why the arguments cannot make one."""
     if not args.stream_id or not args.url:
-        return "streams add needs STREAM_ID and --url"
+        return f"streams {args.action} needs STREAM_ID and --url"
     try:
         config = json.loads(args.config)
     except json.JSONDecodeError as e:
@@ -44,7 +44,7 @@ def streams_command(args: argparse.Namespace) -> int:
     if not args.api.startswith(("http://", "https://")):
         return _usage(f"--api must be an http:// or https:// URL, got {args.api!r}")
     body: dict[str, Any] | str | None = None
-    if args.action == "add":
+    if args.action in ("add", "update"):
         body = _body(args)
         if isinstance(body, str):
             return _usage(body)
@@ -57,6 +57,8 @@ def streams_command(args: argparse.Namespace) -> int:
                 response = client.get("/streams")
             elif args.action == "add":
                 response = client.post("/streams", json=body)
+            elif args.action == "update":  # a new spec: the stream restarts with it (a failed one at once)
+                response = client.put(f"/streams/{args.stream_id}", json=body)
             else:
                 response = client.delete(f"/streams/{args.stream_id}")
     except (httpx.HTTPError, httpx.InvalidURL) as e:
@@ -64,7 +66,9 @@ def streams_command(args: argparse.Namespace) -> int:
         print(f"framegraph streams: cannot reach the API at {args.api}: {reason}", file=sys.stderr)
         return EXIT_UNREACHABLE
     if response.status_code >= 400:
-        print(f"{response.status_code}: {response.text}", file=sys.stderr)
+        print(
+            f"framegraph streams {args.action}: {response.status_code}: {_refusal(response)}", file=sys.stderr
+        )
         return EXIT_UNREACHABLE
     if response.content:
         try:
@@ -79,6 +83,21 @@ def streams_command(args: argparse.Namespace) -> int:
     elif args.action == "rm":
         print(f"removed {args.stream_id}")
     return 0
+
+
+def _refusal(response: httpx.Response) -> str:
+    """Why the API refused, in words: FastAPI's `detail` (a text, or field errors) or the body."""
+    try:
+        detail = response.json().get("detail")
+    except (ValueError, AttributeError):
+        return response.text
+    if isinstance(detail, list):
+        parts = []
+        for d in detail:
+            where = ".".join(str(x) for x in d.get("loc", []) if x != "body")
+            parts.append(f"{where}: {d.get('msg')}" if where else str(d.get("msg")))
+        return "; ".join(parts)
+    return str(detail) if detail is not None else response.text
 
 
 _COLUMNS = (  # header, key, width-limited

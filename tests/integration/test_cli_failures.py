@@ -172,7 +172,7 @@ def test_streams_client_errors_are_one_line(args: list[str], code: int, message:
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
-def test_worker_stream_that_cannot_open_is_failed_in_streams_ls(tmp_path: Path) -> None:
+def test_worker_stream_that_cannot_open_is_failed_in_streams_ls(clip_ts: Path, tmp_path: Path) -> None:
     port = free_port()
     api = f"http://127.0.0.1:{port}"
     log_path = tmp_path / "worker.log"
@@ -203,6 +203,22 @@ def test_worker_stream_that_cannot_open_is_failed_in_streams_ls(tmp_path: Path) 
         assert table[row].split()[1] == "failed"
         error_line = f"  error: camx: cannot open {missing}: No such file or directory (tried again in "
         assert table[row + 1].startswith(error_line), table[row + 1]
+        again = framegraph("streams", "add", "camx", "--url", str(missing), "--api", api)
+        assert again.returncode == 1
+        assert again.stderr.strip() == "framegraph streams add: 409: stream 'camx' exists; PUT updates it"
+        bad = framegraph(
+            "streams", "update", "camx", "--url", str(clip_ts), "--config", '{"lop": 1}', "--api", api
+        )
+        assert bad.returncode == 1
+        assert bad.stderr.startswith("framegraph streams update: 422: config.lop: unknown field"), bad.stderr
+        fixed = framegraph("streams", "update", "camx", "--url", str(clip_ts), "--api", api)
+        assert fixed.returncode == 0, fixed.stderr
+        while streams["camx"]["state"] not in ("running", "ended"):  # tried at once, not in 60 s
+            assert time.monotonic() < deadline, streams
+            time.sleep(0.2)
+            streams = {
+                s["id"]: s for s in json.loads(framegraph("streams", "ls", "--api", api, "--json").stdout)
+            }
         removed = framegraph("streams", "rm", "camx", "--api", api)
         assert (removed.returncode, removed.stdout.strip()) == (0, "removed camx")
     finally:
