@@ -76,8 +76,15 @@ def node_line(nid: str, n: dict[str, Any]) -> str:
     events = kafka_counters(n)
     if events:
         kafka = f"kafka sent {events['sent']} / spooled {events['spooled']}"
-        extra = {k: events[k] for k in ("replayed", "failed") if events.get(k)}
+        extra = {k: events[k] for k in ("replayed",) if events.get(k)}
+        if events.get("failed"):  # sends the broker did not acknowledge: spooled and sent again
+            extra["unacknowledged sends (spooled, resent)"] = events["failed"]
         parts.append(kafka + (f" ({_counts(extra)})" if extra else ""))
+    treated = {
+        k.removeprefix("redaction_"): v for k, v in n.get("events", {}).items() if k.startswith("redaction_")
+    }
+    if treated:
+        parts.append(f"redaction {_counts(treated)}")
     line = f"  node {nid}: " + ", ".join(parts)
     if "work_ms" in n:
         line += (

@@ -94,3 +94,16 @@ def test_events_left_in_the_kafka_spool_are_said_at_the_end() -> None:
     )
     s["nodes"]["events"]["events"].update(spooled=10, replayed=10, sent=56)  # all caught up
     assert "kafka spool" not in summary_text(s)
+
+
+def test_resends_and_redaction_treatments_are_said_in_words() -> None:
+    s = summary()
+    s["nodes"]["events"] = node(
+        60, 60, events={"accepted": 60, "sent": 60, "spooled": 5, "replayed": 5, "failed": 3}
+    )
+    s["nodes"]["sink"] = node(60, 60, events={"redaction_redacted": 50, "redaction_covered": 10})
+    lines = summary_text(s).splitlines()
+    kafka = next(line for line in lines if line.startswith("  node events"))
+    assert "kafka sent 60 / spooled 5 (replayed 5, unacknowledged sends (spooled, resent) 3)" in kafka
+    redact = next(line for line in lines if line.startswith("  node sink"))
+    assert "redaction redacted 50, covered 10" in redact
