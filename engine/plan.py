@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import difflib
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,7 +84,15 @@ def build_plan(doc: SourcedDoc) -> GraphPlan:
         spec = GraphSpec.model_validate(doc.data)
     except ValidationError as e:
         found = issues_of(doc, (), e, GraphSpec)
-        _raw_checks(doc, found)
+        repaired = _without_invalid_settings(doc)
+        if repaired is None:
+            _raw_checks(doc, found)
+            raise GraphConfigError(_in_file_order(doc, found)) from e
+        try:  # every other check, on the graph less the settings just reported
+            build_plan(repaired)
+        except GraphConfigError as more:
+            seen = {(i.field, i.reason) for i in found}
+            found += [i for i in more.issues if (i.field, i.reason) not in seen]
         raise GraphConfigError(_in_file_order(doc, found)) from e
     issues: list[ConfigIssue] = []
     try:
@@ -98,13 +107,61 @@ def build_plan(doc: SourcedDoc) -> GraphPlan:
     order: list[str] = []
     if unique:  # duplicate ids make edges ambiguous: their error is the only one about them
         order = _topological(doc, spec, edges, issues)
-    if order:
-        _check_kinds(doc, spec, sources, nodes, edges, order, device, issues)
+        if order:
+            _check_kinds(doc, spec, sources, nodes, edges, order, device, issues)
+        elif spec.nodes:  # a cycle: check the kinds along what is not on it
+            kept, partial = without_cycles(spec, edges)
+            _check_kinds(doc, spec, sources, nodes, kept, partial, device, issues)
     _check_output_files(doc, spec, nodes, issues)
     if issues:
         raise GraphConfigError(_in_file_order(doc, issues))
     by_id = {n.spec.id: n for n in nodes}
     return GraphPlan(spec, sources, [by_id[i] for i in order], edges, doc.name, device, reason)
+
+
+def _without_invalid_settings(doc: SourcedDoc) -> SourcedDoc | None:
+    """The document less each optional setting the graph schema refused (a bad `queue`, `batch`,
+    `workers`, `tracing`, ...), so that the checks after it still run; None where a refusal is
+    not such a setting (a node that is not a mapping, a missing id): nothing sound to check then."""
+    data = copy.deepcopy(doc.data)
+    for _ in range(8):
+        try:
+            GraphSpec.model_validate(data)
+        except ValidationError as e:
+            for error in e.errors():
+                if not _drop_setting(data, error["loc"], error["type"]):
+                    return None
+            continue
+        return SourcedDoc(data=data, origins=doc.origins, name=doc.name)
+    return None
+
+
+def _drop_setting(data: Any, loc: tuple[Any, ...], kind: str) -> bool:
+    """Delete the deepest mapping key on `loc` that holds the refused value (`queue.size`, then
+    `queue`, ...): never an id, op, url, inputs or a list item; False when there is none."""
+    if kind == "missing":
+        return False
+    path = [p for p in loc if isinstance(p, (str, int))]
+    for cut in range(len(path), 0, -1):
+        *parents, key = path[:cut]
+        holder: Any = data
+        for p in parents:
+            holder = _child(holder, p)
+        if isinstance(holder, dict) and isinstance(key, str) and key in holder:
+            if key in ("id", "op", "url", "inputs", "nodes", "sources", "name", "from"):
+                return False
+            del holder[key]
+            return True
+    return False
+
+
+def _child(holder: Any, key: str | int) -> Any:
+    """holder[key] for a mapping key or a list index that exists; else None."""
+    if isinstance(holder, dict):
+        return holder.get(key)
+    if isinstance(holder, list) and isinstance(key, int) and 0 <= key < len(holder):
+        return holder[key]
+    return None
 
 
 def _in_file_order(doc: SourcedDoc, issues: list[ConfigIssue]) -> list[ConfigIssue]:
@@ -361,6 +418,14 @@ def _topological(doc: SourcedDoc, spec: GraphSpec, edges: list[Edge], issues: li
         issues.append(doc.issue(("nodes", node_ids.index(cycle[0]), "inputs"), reason))
     if cycles:
         return []
+    order = _kahn(node_ids, downstream)
+    if not any(e.src in {s.id for s in spec.sources} for e in edges) and not issues:
+        issues.append(doc.issue(("nodes",), "no node reads from a source"))
+    return order
+
+
+def _kahn(node_ids: list[str], downstream: dict[str, list[str]]) -> list[str]:
+    """Node ids in topological order, ties in file order (nodes on a cycle are left out)."""
     waiting = {n: sum(n in downstream[u] for u in node_ids) for n in node_ids}
     order: list[str] = []
     ready = [n for n in node_ids if not waiting[n]]
@@ -371,9 +436,24 @@ def _topological(doc: SourcedDoc, spec: GraphSpec, edges: list[Edge], issues: li
             waiting[n] -= 1
             if not waiting[n]:
                 ready.append(n)
-    if not any(e.src in {s.id for s in spec.sources} for e in edges) and not issues:
-        issues.append(doc.issue(("nodes",), "no node reads from a source"))
     return order
+
+
+def without_cycles(spec: GraphSpec, edges: list[Edge]) -> tuple[list[Edge], list[str]]:
+    """The edges less those on a cycle, and the node order they give: what the kind check can
+    still follow in a graph whose cycles were reported (a node on one sees its other inputs)."""
+    node_ids = [n.id for n in spec.nodes]
+    downstream: dict[str, list[str]] = {n: [] for n in node_ids}
+    for e in edges:
+        if e.src in downstream and e.dst not in downstream[e.src]:
+            downstream[e.src].append(e.dst)
+    on_cycle = [set(c) for c in find_cycles(node_ids, downstream)]
+    kept = [e for e in edges if not any(e.src in c and e.dst in c for c in on_cycle)]
+    acyclic: dict[str, list[str]] = {n: [] for n in node_ids}
+    for e in kept:
+        if e.src in acyclic and e.dst not in acyclic[e.src]:
+            acyclic[e.src].append(e.dst)
+    return kept, _kahn(node_ids, acyclic)
 
 
 def find_cycles(nodes: list[str], downstream: dict[str, list[str]]) -> list[list[str]]:

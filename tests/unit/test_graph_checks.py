@@ -147,6 +147,29 @@ def test_output_path_placeholders_must_be_ones_the_sink_fills() -> None:
     ]
 
 
+def test_a_bad_setting_a_cycle_and_a_wrong_input_are_reported_in_one_go() -> None:
+    """A refused `queue` must not hide the graph's other errors, nor a cycle the wrong kinds
+    beside it: an author fixes them in one round, not three."""
+    found = errors_of(
+        graph(
+            DETECT[0],
+            "{id: pre, op: preprocess.cpu, inputs: [decode, faces]}",
+            "{id: detect, op: infer.triton, inputs: [pre], config: {model: centerface}}",
+            "{id: faces, op: postprocess.centerface, inputs: [detect]}",
+            "{id: redact, op: redact, inputs: [pre]}",
+            "{id: events, op: sink.jsonl, inputs: [faces], queue: {size: -1}, batch: {max_batch: 0}}",
+        )
+    )
+    assert found == [
+        "g.yaml:6: nodes.1.inputs: cycle pre -> detect -> faces -> pre: a graph must be acyclic",
+        "g.yaml:9: nodes.4.inputs: redact takes frames with detections, but input 'pre' gives frames "
+        "with a model tensor; add a postprocess node (postprocess.centerface, postprocess.textseg) before it",
+        "g.yaml:10: nodes.5.queue.size: must be greater than or equal to 1",
+        "g.yaml:10: nodes.5.batch.max_batch: must be greater than or equal to 1",
+        "g.yaml:10: nodes.5.batch: operator 'sink.jsonl' does not batch; remove 'batch'",
+    ]
+
+
 def test_redact_and_tracker_need_detections() -> None:
     found = errors_of(graph(DETECT[0], "{id: redact, op: redact, inputs: [decode]}"))
     assert "redact takes frames with detections" in found[0]
