@@ -76,10 +76,14 @@ def _reason(
     if kind == "extra_forbidden":
         return "unknown field" + _field_hint(model, path, elsewhere, owner)
     if kind == "missing":
+        if path and isinstance(path[-1], int):  # a fixed-length list given too few items
+            return f"item {path[-1]} is missing: the list is too short"
         return "field required"
     if kind in ("value_error", "assertion_error"):
         return msg.split(", ", 1)[1] if ", " in msg else msg
     if kind in _MAPPING_TYPES:
+        if err.get("input", ...) is None:  # `config:` with its fields not indented under it
+            return "is empty: write its fields indented under it (or remove it)"
         return f"must be a mapping of fields (key: value), got {what(err.get('input'))}"
     if kind in _PLAIN_TYPES:
         return f"must be {_PLAIN_TYPES[kind]}, got {what(err.get('input'))}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import difflib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +83,7 @@ def build_plan(doc: SourcedDoc) -> GraphPlan:
     try:
         spec = GraphSpec.model_validate(doc.data)
     except ValidationError as e:
-        found = issues_of(doc, (), e, GraphSpec)
+        found = [_misplaced_config_field(doc, i) for i in issues_of(doc, (), e, GraphSpec)]
         repaired = _without_invalid_settings(doc)
         if repaired is None:
             _raw_checks(doc, found)
@@ -119,6 +119,29 @@ def build_plan(doc: SourcedDoc) -> GraphPlan:
     return GraphPlan(spec, sources, [by_id[i] for i in order], edges, doc.name, device, reason)
 
 
+def _misplaced_config_field(doc: SourcedDoc, issue: ConfigIssue) -> ConfigIssue:
+    """'nodes.1.width: unknown field' where `width` is a field of the node's operator's config
+    (its lines not indented under `config:`): say so."""
+    parts = issue.field.split(".")
+    if issue.reason != "unknown field" or len(parts) != 3 or parts[0] not in ("nodes", "sources"):
+        return issue
+    items = doc.data.get(parts[0]) if isinstance(doc.data, dict) else None
+    index = int(parts[1]) if parts[1].isdigit() else -1
+    raw = items[index] if isinstance(items, list) and 0 <= index < len(items) else None
+    if not isinstance(raw, dict):
+        return issue
+    op = raw.get("op") or (op_for_url(raw["url"]) if isinstance(raw.get("url"), str) else None)
+    try:
+        name = devices.resolve_alias(op, "cpu") if isinstance(op, str) else None
+    except FramegraphError:
+        name = op
+    cls = _quiet_class(name) if isinstance(name, str) else None
+    if cls is None or parts[2] not in getattr(cls, "Config", BaseModel).model_fields:
+        return issue
+    why = f"unknown field; it is a field of {name}'s config: indent it under 'config:'"
+    return replace(issue, reason=why)
+
+
 def _without_invalid_settings(doc: SourcedDoc) -> SourcedDoc | None:
     """The document less each optional setting the graph schema refused (a bad `queue`, `batch`,
     `workers`, `tracing`, ...), so that the checks after it still run; None where a refusal is
@@ -132,7 +155,7 @@ def _without_invalid_settings(doc: SourcedDoc) -> SourcedDoc | None:
                 if not _drop_setting(data, error["loc"], error["type"]):
                     return None
             continue
-        return SourcedDoc(data=data, origins=doc.origins, name=doc.name)
+        return SourcedDoc(data=data, origins=doc.origins, name=doc.name, from_env=doc.from_env)
     return None
 
 

@@ -28,6 +28,7 @@ class SourcedDoc:
     data: Any
     origins: dict[PathKey, str] = field(default_factory=dict)
     name: str = "<graph>"
+    from_env: dict[PathKey, list[str]] = field(default_factory=dict)  # values made by ${env:VAR}
 
     def origin_of(self, path: PathKey) -> str:
         """Origin of the value at `path`, or of its nearest existing parent."""
@@ -40,8 +41,16 @@ class SourcedDoc:
     def issue(self, path: PathKey, reason: str) -> ConfigIssue:
         """A located issue; one whose origin is `--set` of this very path prints the path once."""
         origin = self.origin_of(path)
+        env = self.from_env.get(tuple(path))
+        if env:  # the value is the environment's: name where it came from (never the value)
+            reason += f" (the value comes from {', '.join('${env:' + v + '}' for v in env)})"
         if origin.startswith("--set ") and self.origins.get(tuple(path)) == origin:
             return SetIssue(origin, dotted(path), reason)
+        set_here = [
+            o for p, o in self.origins.items() if o.startswith("--set ") and p[: len(path)] == tuple(path)
+        ]
+        if set_here and tuple(path) not in self.origins:  # a --set made this key (misspelt): say which
+            return ConfigIssue(set_here[0], dotted(path), reason)
         return ConfigIssue(origin, dotted(path), reason)
 
 
@@ -63,6 +72,9 @@ def load_text(text: str, name: str) -> SourcedDoc:
         problem = getattr(e, "problem", None) or str(e)
         opened = syntax_context(e)
         reason = f"invalid YAML: {problem}" + (f" ({opened})" if opened else "")
+        line = text.splitlines()[mark.line] if mark is not None and mark.line < len(text.splitlines()) else ""
+        if "${" in line and ("{" in line.split("${")[0] or "[" in line.split("${")[0]):
+            reason += '; inside {...} or [...] quote a reference: "${env:NAME,default}"'
         raise GraphConfigError([ConfigIssue(origin, "", reason)]) from e
     if root is None:
         raise GraphConfigError([ConfigIssue(name, "", "the file is empty")])
@@ -131,7 +143,9 @@ def _build(node: yaml.Node, path: PathKey, doc: SourcedDoc, issues: list[ConfigI
     value = _scalar(node, doc, path, issues)
     if isinstance(value, str) and "${" in value:
         try:
-            return interpolate(value)
+            filled = interpolate(value)
+            doc.from_env[path] = [m.group(1) for m in _ENV_RE.finditer(value)]
+            return filled
         except KeyError as e:
             issues.append(doc.issue(path, f"environment variable {e.args[0]} is not set"))
         except ValueError as e:
@@ -141,6 +155,8 @@ def _build(node: yaml.Node, path: PathKey, doc: SourcedDoc, issues: list[ConfigI
 
 def _scalar(node: yaml.Node, doc: SourcedDoc, path: PathKey, issues: list[ConfigIssue]) -> Any:
     """A plain YAML value; a tag safe YAML does not know (`!python/...`, `!foo`) is an issue."""
+    if node.tag == "tag:yaml.org,2002:null":  # `key:` with nothing after it (an empty scalar
+        return None  # does not serialize back into a document safe_load reads)
     try:
         return yaml.safe_load(yaml.serialize(node))
     except yaml.YAMLError as e:

@@ -230,3 +230,62 @@ def test_device_cuda_without_a_gpu_is_a_clear_error() -> None:
         pytest.skip("this machine has a GPU")
     found = errors_of(GOOD.replace("name: g\n", "name: g\ndevice: cuda\n"))
     assert found[0].startswith("g.yaml:2: device: ")
+
+
+PRE = GOOD.replace(
+    "  - id: sink\n    op: sink.jsonl\n    inputs: [decode]\n",
+    "  - id: pre\n    op: preprocess.cpu\n    inputs: [decode]\n    config:\n{config}\n"
+    "  - id: sink\n    op: sink.jsonl\n    inputs: [pre]\n",
+)
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        pytest.param(
+            "    width: 320\n    height: 192",
+            [
+                "g.yaml:12: nodes.1.config: is empty: write its fields indented under it (or remove it)",
+                "g.yaml:13: nodes.1.width: unknown field; it is a field of preprocess.cpu's config: "
+                "indent it under 'config:'",
+                "g.yaml:14: nodes.1.height: unknown field; it is a field of preprocess.cpu's config: "
+                "indent it under 'config:'",
+            ],
+            id="fields-not-indented-under-config",
+        ),
+        pytest.param(
+            "      mean: [0.5, 0.5]",
+            ["g.yaml:13: nodes.1.config.mean.2: item 2 is missing: the list is too short"],
+            id="short-fixed-list",
+        ),
+        pytest.param(
+            "      width: ${env:FG_TEST_WIDTH}",
+            ["g.yaml:13: nodes.1.config.width: must be a whole number, got text (the value comes from "
+             "${env:FG_TEST_WIDTH})"],
+            id="env-value-of-the-wrong-type",
+        ),
+    ],
+)  # fmt: skip
+def test_config_mistakes_say_what_to_do(
+    config: str, expected: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FG_TEST_WIDTH", "wide")
+    assert errors_of(PRE.replace("{config}", config)) == expected
+
+
+def test_an_env_reference_inside_a_flow_mapping_must_be_quoted() -> None:
+    text = GOOD.replace(
+        "    inputs: [sources]", "    inputs: [sources]\n    config: {threads: ${env:FG_T,2}}"
+    )
+    (found,) = errors_of(text)
+    assert found.endswith('; inside {...} or [...] quote a reference: "${env:NAME,default}"'), found
+
+
+def test_a_misspelt_set_path_is_named_as_the_set_not_the_file_line(tmp_path: object) -> None:
+    doc = yamlsource.load_text(GOOD, "g.yaml")
+    yamlsource.apply_override(doc, "nodes.decode.confg.threads=2")
+    with pytest.raises(GraphConfigError) as info:
+        build_plan(doc)
+    assert [str(i) for i in info.value.issues] == [
+        "--set nodes.decode.confg.threads: nodes.0.confg: unknown field; did you mean 'config'?"
+    ]
