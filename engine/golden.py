@@ -81,6 +81,11 @@ def golden_frames(
     cx0, cy0, cx1, cy1 = _CROP
     head = _photo("astronaut")[cy0:cy1, cx0:cx1]
     face = np.asarray(ASTRONAUT_FACE, np.float32) - np.asarray([cx0, cy0, cx0, cy0], np.float32)
+    # a small frame cannot hold the largest heads: cap the face height at what fits (a 1080p
+    # frame holds them all, so its frames do not change)
+    fits = min(width / head.shape[1], height / head.shape[0]) * float(face[3] - face[1])
+    hi = min(face_height_px[1], fits)
+    face_height_px = (min(face_height_px[0], hi), hi)
     out: list[tuple[Image, FloatArray]] = []
     for _ in range(n):
         image = backdrop(rng, width, height)

@@ -258,3 +258,17 @@ def test_eval_refuses_a_golden_set_with_missing_images(golden: Path, tmp_path: P
     (broken / "annotations.json").write_text((golden / "annotations.json").read_text())
     with pytest.raises(FramegraphError, match="6 image"):
         asyncio.run(evaluate(load_plan(graph_file(tmp_path, golden)), broken))
+
+
+def test_a_small_golden_frame_holds_only_faces_that_fit() -> None:
+    """`make_golden.py --width 640 --height 384` failed (a 300 px face's head is taller than 384):
+    face sizes are capped at what the frame holds, and every box lies inside it."""
+    from engine.golden import golden_frames
+
+    frames = golden_frames(0, 6, 640, 384)
+    assert sum(len(boxes) for _, boxes in frames) >= 6
+    for image, boxes in frames:
+        assert image.shape == (384, 640, 3)
+        assert (boxes[:, [0, 1]] >= 0).all()
+        assert (boxes[:, 2] <= 640).all()
+        assert (boxes[:, 3] <= 384).all()
