@@ -328,6 +328,9 @@ class TritonInfer(Operator[TritonConfig]):
                 # the retry registers every region afresh instead of failing the same way
                 self.pool.forget_registrations()
             said = e.message() or type(e).__name__
+            if "deadline exceeded" in said.lower():  # a hung or overloaded server: say which, how long
+                where, limit = redact_url(self.url), self.config.timeout_s
+                said = f"no answer from Triton at {where} within timeout_s {limit:g} s ({said})"
             model = f"{self.config.model}: "
             raise InferenceUnavailable(said if said.startswith(model) else model + said) from e
         finally:

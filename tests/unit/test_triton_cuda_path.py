@@ -17,6 +17,7 @@ from tritonclient.utils import InferenceServerException
 
 import operators.infer as infer_mod
 import operators.triton_shm as shm_mod
+from engine.errors import InferenceUnavailable
 from engine.frame import Frame
 from engine.metrics import NodeMetrics
 from engine.registry import OperatorContext
@@ -317,3 +318,19 @@ def test_cuda_region_writes_never_overlap(monkeypatch: pytest.MonkeyPatch) -> No
     for t in threads:
         t.join()
     assert most[0] == 1
+
+
+class HungClient(FakeClient):
+    async def infer(self, model: str, inputs: list[Any], **kw: Any) -> FakeResult:
+        raise InferenceServerException("Deadline Exceeded")
+
+
+async def test_a_hung_server_is_named_with_its_address_and_the_timeout() -> None:
+    """gRPC says only 'Deadline Exceeded': the operator must say which server and how long."""
+    op = operator("off", HungClient())
+    op.url = "admin:pw@triton:8001"
+    with pytest.raises(InferenceUnavailable) as info:
+        await op._request([f.tensor for f in frames(2)])
+    assert str(info.value) == (
+        "m: no answer from Triton at ***@triton:8001 within timeout_s 0.5 s (Deadline Exceeded)"
+    )
