@@ -249,6 +249,15 @@ class FileSink(_VideoSink):
         while candidate in self.written or (restarted and candidate.exists()):
             n += 1
             candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+        if n and "{stream}" not in (self.config.path or "{stream}"):
+            log.warning(
+                "%s: path %r has no {stream}: stream %s writes %s (put {stream} in the path to name "
+                "files by stream)",
+                self.ctx.node_id,
+                self.config.path,
+                stream_id,
+                candidate.name,
+            )
         return candidate
 
     def write(self, frame: Frame, t_s: float) -> bool:

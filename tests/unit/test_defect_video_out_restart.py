@@ -9,6 +9,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+import pytest
 from pydantic import Field
 
 from engine.frame import Control, ControlKind, Frame, StreamInfo, now_ns
@@ -144,3 +145,14 @@ async def test_a_worker_stream_removed_and_added_again_keeps_both_recordings(tmp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cam0-1.mp4", "cam0.mp4"]
     assert_recording(tmp_path / "cam0.mp4", 15, 60)
     assert_recording(tmp_path / "cam0-1.mp4", 9, 180)
+
+
+async def test_a_path_without_stream_names_the_file_each_stream_writes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    sink = file_sink(tmp_path, {"path": "all.mp4"})
+    await record(sink, "cam0", 3, 40)
+    await record(sink, "cam1", 3, 200)
+    assert_recording(tmp_path / "all.mp4", 3, 40)
+    assert_recording(tmp_path / "all-1.mp4", 3, 200)  # nothing lost, nothing overwritten ...
+    assert "path 'all.mp4' has no {stream}: stream cam1 writes all-1.mp4" in caplog.text  # ... and said
