@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from fractions import Fraction
 from typing import Any
@@ -36,7 +37,10 @@ class Demuxer:
             self.container: Any = av.open(url, options=options or {}, timeout=timeout_s)
         except (av.error.FFmpegError, OSError) as e:
             # `from None`: PyAV's error holds the raw URL (its password); the reason is scrubbed
-            raise SourceError(f"{stream_id}: cannot open {self.safe_url}: {_reason(e)}") from None
+            where = ""
+            if "://" not in url and not os.path.isabs(url) and not os.path.exists(url):
+                where = f" (a relative path: from the working directory {os.getcwd()})"
+            raise SourceError(f"{stream_id}: cannot open {self.safe_url}: {_reason(e)}{where}") from None
         videos = [s for s in self.container.streams if s.type == "video"]
         if not videos:
             self.container.close()

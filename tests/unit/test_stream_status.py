@@ -198,3 +198,13 @@ async def test_a_worker_hands_a_failed_stream_back_and_tries_it_again_later(tmp_
         assert (await client.get("/streams/bad")).json()["retry_in_s"] is None
     worker.stop()
     await asyncio.wait_for(task, 10)
+
+
+async def test_a_relative_path_that_cannot_be_opened_says_where_it_was_looked_for() -> None:
+    import os
+
+    _, summary = await run_graph(graph("  - {id: cam0, url: surely/not/here.mp4}"))
+    assert summary["streams"]["cam0"]["error"] == (
+        "cam0: cannot open surely/not/here.mp4: No such file or directory "
+        f"(a relative path: from the working directory {os.getcwd()})"
+    )
