@@ -115,7 +115,8 @@ def create_app(worker: Worker, token: str | None, protect_reads: bool = False) -
     @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics() -> str:
         registry = CollectorRegistry()
-        registry.register(MetricsCollector(worker.runtime.metrics, worker.runtime.plan.spec.name))
+        name = worker.runtime.plan.spec.name
+        registry.register(MetricsCollector(worker.runtime.metrics, name, worker.held_failed))
         registry.register(_ActiveStreams(worker))
         return generate_latest(registry).decode()
 

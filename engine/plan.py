@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import itertools
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -89,10 +90,15 @@ def build_plan(doc: SourcedDoc) -> GraphPlan:
             _raw_checks(doc, found)
             raise GraphConfigError(_in_file_order(doc, found)) from e
         try:  # every other check, on the graph less the settings just reported
-            build_plan(repaired)
+            build_plan(repaired[0])
         except GraphConfigError as more:
             seen = {(i.field, i.reason) for i in found}
-            found += [i for i in more.issues if (i.field, i.reason) not in seen]
+            dropped = repaired[1]  # what the removal itself causes (a config now empty) is no news
+            found += [
+                i
+                for i in more.issues
+                if (i.field, i.reason) not in seen and not any(_under(i.field, d) for d in dropped)
+            ]
         raise GraphConfigError(_in_file_order(doc, found)) from e
     issues: list[ConfigIssue] = []
     try:
@@ -110,7 +116,7 @@ def build_plan(doc: SourcedDoc) -> GraphPlan:
         if order:
             _check_kinds(doc, spec, sources, nodes, edges, order, device, issues)
         elif spec.nodes:  # a cycle: check the kinds along what is not on it
-            kept, partial = without_cycles(spec, edges)
+            kept, partial, _ = without_cycles(spec, edges)
             _check_kinds(doc, spec, sources, nodes, kept, partial, device, issues)
     _check_output_files(doc, spec, nodes, issues)
     if issues:
@@ -142,28 +148,36 @@ def _misplaced_config_field(doc: SourcedDoc, issue: ConfigIssue) -> ConfigIssue:
     return replace(issue, reason=why)
 
 
-def _without_invalid_settings(doc: SourcedDoc) -> SourcedDoc | None:
+def _under(field: str, prefix: str) -> bool:
+    return field == prefix or field.startswith(prefix + ".")
+
+
+def _without_invalid_settings(doc: SourcedDoc) -> tuple[SourcedDoc, list[str]] | None:
     """The document less each optional setting the graph schema refused (a bad `queue`, `batch`,
     `workers`, `tracing`, ...), so that the checks after it still run; None where a refusal is
     not such a setting (a node that is not a mapping, a missing id): nothing sound to check then."""
     data = copy.deepcopy(doc.data)
+    dropped: list[str] = []
     for _ in range(8):
         try:
             GraphSpec.model_validate(data)
         except ValidationError as e:
             for error in e.errors():
-                if not _drop_setting(data, error["loc"], error["type"]):
+                path = _drop_setting(data, error["loc"], error["type"])
+                if path is None:
                     return None
+                dropped.append(path)
             continue
-        return SourcedDoc(data=data, origins=doc.origins, name=doc.name, from_env=doc.from_env)
+        return SourcedDoc(data=data, origins=doc.origins, name=doc.name, from_env=doc.from_env), dropped
     return None
 
 
-def _drop_setting(data: Any, loc: tuple[Any, ...], kind: str) -> bool:
+def _drop_setting(data: Any, loc: tuple[Any, ...], kind: str) -> str | None:
     """Delete the deepest mapping key on `loc` that holds the refused value (`queue.size`, then
-    `queue`, ...): never an id, op, url, inputs or a list item; False when there is none."""
+    `queue`, ...): never an id, op, url, inputs or a list item. The dotted path deleted; None when
+    there is none."""
     if kind == "missing":
-        return False
+        return None
     path = [p for p in loc if isinstance(p, (str, int))]
     for cut in range(len(path), 0, -1):
         *parents, key = path[:cut]
@@ -172,10 +186,10 @@ def _drop_setting(data: Any, loc: tuple[Any, ...], kind: str) -> bool:
             holder = _child(holder, p)
         if isinstance(holder, dict) and isinstance(key, str) and key in holder:
             if key in ("id", "op", "url", "inputs", "nodes", "sources", "name", "from"):
-                return False
+                return None
             del holder[key]
-            return True
-    return False
+            return ".".join(str(p) for p in path[:cut])
+    return None
 
 
 def _child(holder: Any, key: str | int) -> Any:
@@ -398,14 +412,15 @@ def _edges(doc: SourcedDoc, spec: GraphSpec, issues: list[ConfigIssue]) -> list[
     edges: list[Edge] = []
     before = len(issues)
     for index, node in enumerate(spec.nodes):
-        fed: set[str] = set()
+        fed: dict[str, str] = {}  # source or node id -> the input that named it
         for j, (src, queue) in enumerate(node.edges()):
             if not _check_input(doc, ("nodes", index, "inputs", j), src, known, issues):
                 continue
             srcs = source_ids if src == ALL_SOURCES else [src]
             twice = [s for s in srcs if s in fed]
             if twice:
-                why = f"'{ALL_SOURCES}' includes it" if src != ALL_SOURCES else f"{twice[0]!r} is named too"
+                earlier = fed[twice[0]]
+                why = f"'{ALL_SOURCES}' includes it" if earlier == ALL_SOURCES else "it is named already"
                 issues.append(
                     doc.issue(
                         ("nodes", index, "inputs", j),
@@ -413,7 +428,7 @@ def _edges(doc: SourcedDoc, spec: GraphSpec, issues: list[ConfigIssue]) -> list[
                     )
                 )
                 continue
-            fed.update(srcs)
+            fed.update(dict.fromkeys(srcs, src))
             edges.extend(Edge(s, node.id, queue) for s in srcs)
     read = {e.src for e in edges}
     for i, sid in enumerate(source_ids):
@@ -436,10 +451,10 @@ def _topological(doc: SourcedDoc, spec: GraphSpec, edges: list[Edge], issues: li
         if e.src in downstream and e.dst not in downstream[e.src]:
             downstream[e.src].append(e.dst)
     cycles = find_cycles(node_ids, downstream)
-    for cycle in cycles:
-        reason = f"cycle {' -> '.join(cycle)}: a graph must be acyclic"
-        issues.append(doc.issue(("nodes", node_ids.index(cycle[0]), "inputs"), reason))
     if cycles:
+        for cycle in without_cycles(spec, edges)[2]:
+            reason = f"cycle {' -> '.join(cycle)}: a graph must be acyclic"
+            issues.append(doc.issue(("nodes", node_ids.index(cycle[0]), "inputs"), reason))
         return []
     order = _kahn(node_ids, downstream)
     if not any(e.src in {s.id for s in spec.sources} for e in edges) and not issues:
@@ -462,21 +477,31 @@ def _kahn(node_ids: list[str], downstream: dict[str, list[str]]) -> list[str]:
     return order
 
 
-def without_cycles(spec: GraphSpec, edges: list[Edge]) -> tuple[list[Edge], list[str]]:
-    """The edges less those on a cycle, and the node order they give: what the kind check can
-    still follow in a graph whose cycles were reported (a node on one sees its other inputs)."""
+def without_cycles(spec: GraphSpec, edges: list[Edge]) -> tuple[list[Edge], list[str], list[list[str]]]:
+    """The edges less those on a cycle, the node order they give (what the kind check can still
+    follow in a graph whose cycles were reported: a node on one sees its other inputs), and every
+    cycle cut, each as its path (knots of several cycles give each of them)."""
     node_ids = [n.id for n in spec.nodes]
     downstream: dict[str, list[str]] = {n: [] for n in node_ids}
     for e in edges:
         if e.src in downstream and e.dst not in downstream[e.src]:
             downstream[e.src].append(e.dst)
-    on_cycle = [set(c) for c in find_cycles(node_ids, downstream)]
-    kept = [e for e in edges if not any(e.src in c and e.dst in c for c in on_cycle)]
-    acyclic: dict[str, list[str]] = {n: [] for n in node_ids}
-    for e in kept:
-        if e.src in acyclic and e.dst not in acyclic[e.src]:
-            acyclic[e.src].append(e.dst)
-    return kept, _kahn(node_ids, acyclic)
+    kept = list(edges)
+    cycles: list[list[str]] = []
+    for _ in range(len(edges) + 1):  # find_cycles names one cycle per knot: cut until none is left
+        acyclic: dict[str, list[str]] = {n: [] for n in node_ids}
+        for e in kept:
+            if e.src in acyclic and e.dst not in acyclic[e.src]:
+                acyclic[e.src].append(e.dst)
+        found = find_cycles(node_ids, acyclic)
+        if not found:
+            break
+        cycles += found
+        on_cycle = [list(itertools.pairwise(c)) for c in found]  # the cycle's own edges
+        kept = [e for e in kept if not any((e.src, e.dst) in hops for hops in on_cycle)]
+    order = _kahn(node_ids, acyclic)
+    placed = set(order)
+    return [e for e in kept if e.dst in placed and (e.src in placed or e.src not in acyclic)], order, cycles
 
 
 def find_cycles(nodes: list[str], downstream: dict[str, list[str]]) -> list[list[str]]:

@@ -7,6 +7,7 @@ cannot be found or fails while importing is one clear error naming it, never a t
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import os
@@ -33,7 +34,7 @@ def load_plugin(plugin: str) -> None:
     try:
         importlib.import_module(plugin)
     except ModuleNotFoundError as e:
-        if e.name is not None and plugin.startswith(e.name):  # the plugin itself is missing
+        if e.name is not None and (e.name == plugin or plugin.startswith(e.name + ".")):  # itself missing
             raise FramegraphError(
                 f"plugin {plugin!r} not found: no module {e.name!r} in the working directory ({cwd}) "
                 "or on PYTHONPATH (give a module name, or the path of a .py file)"
@@ -47,7 +48,8 @@ def _load_file(plugin: str) -> None:
     path = Path(plugin)
     if not path.is_file():
         raise FramegraphError(f"plugin {plugin!r} not found: no such file")
-    name = path.stem
+    # a private module name: a file called operators.py (or redis.py) must not replace the package
+    name = f"framegraph_plugin_{path.stem}_{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]}"
     existing = sys.modules.get(name)
     if existing is not None and Path(getattr(existing, "__file__", "") or "").resolve() == path.resolve():
         return  # imported already (a second --plugin naming it, a re-read graph)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import errno
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
@@ -15,9 +15,10 @@ from engine.metrics import Metrics, StreamState
 class MetricsCollector(Collector):
     """Translates engine.metrics.Metrics into Prometheus families."""
 
-    def __init__(self, metrics: Metrics, graph: str) -> None:
+    def __init__(self, metrics: Metrics, graph: str, held_failed: Collection[str] = ()) -> None:
         self.metrics = metrics
         self.graph = graph
+        self.held_failed = held_failed  # failed streams a worker holds back (run by nobody now)
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         g = self.graph
@@ -45,6 +46,10 @@ class MetricsCollector(Collector):
             for st in StreamState:
                 state.add_metric([g, sid, st.value], 1 if s.state is st else 0)
             frames_in.add_metric([g, sid], s.frames_in)
+        for sid in sorted(set(self.held_failed) - set(self.metrics.streams)):  # still a camera down
+            up.add_metric([g, sid], 0)
+            for st in StreamState:
+                state.add_metric([g, sid, st.value], 1 if st is StreamState.FAILED else 0)
             frames_out.add_metric([g, sid], s.frames_out)
             for q, value in s.latency.percentiles().items():
                 if value is not None:

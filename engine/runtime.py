@@ -300,8 +300,12 @@ class Runtime:
                 if self.tracer is not None:
                     self.tracer.start(msg, plan.spec.id)
                 msg.emitted_ns = now_ns()
-            for i, q in enumerate(outputs):
-                await q.put(msg if i == 0 or isinstance(msg, Control) else msg.branch())
+            # every copy made before the first put: a consumer may change `msg` while a put waits
+            copies = [
+                msg if i == 0 or isinstance(msg, Control) else msg.branch() for i in range(len(outputs))
+            ]
+            for q, copy in zip(outputs, copies, strict=True):
+                await q.put(copy)
 
         try:
             await source.run(emit)
@@ -473,8 +477,11 @@ class Runtime:
             return
         for item in out:
             item.emitted_ns = t
-            for i, q in enumerate(node.outputs):  # a fan-out: each branch gets a frame of its own
-                await q.put(item if i == 0 else item.branch())
+            # a fan-out: each branch gets a frame of its own, every copy made before the first put
+            # (while a put waits on a full queue, the consumer of an earlier one may change `item`)
+            copies = [item if i == 0 else item.branch() for i in range(len(node.outputs))]
+            for q, copy in zip(node.outputs, copies, strict=True):
+                await q.put(copy)
 
     async def _control(self, node: _Node, msg: Control) -> None:
         sid = msg.stream_id

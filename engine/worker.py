@@ -54,6 +54,7 @@ class Worker:
         self.claim_after = 0.0  # monotonic time before which this worker claims nothing new
         self.ready = False
         self.store_ok = False
+        self.held_failed: set[str] = set()  # failed streams held back from every worker (/metrics)
 
     async def run(self) -> dict[str, Any]:
         """Run until `stop()`; returns the runtime's summary."""
@@ -117,9 +118,10 @@ class Worker:
             if sid in self.runtime.streams and stream is not None and stream.state is StreamState.FAILED:
                 await self._fail(sid, stream.error or "failed")
         await store.put_statuses({sid: self.stream_status(sid) for sid in self.owned}, ttl * 2)
+        failed = await store.failed()
+        self.held_failed = set(failed) & set(desired)
         if time.monotonic() < self.claim_after:
             return
-        failed = await store.failed()
         claimable = [sid for sid in desired if sid not in failed]
         share = math.ceil(len(claimable) / max(1, len(await store.live_workers())))
         if len(self.owned) > share:  # a worker joined: hand one stream back per tick
@@ -142,6 +144,9 @@ class Worker:
             plan = source_plan(spec, origin=f"stream {sid}")
             self.runtime.add_stream(plan)
         except FramegraphError as e:
+            if self.runtime.stop_event.is_set():  # stopping (a rolling restart): not the stream's fault
+                await self.store.release(sid, self.worker_id)
+                return
             error = scrub(str(e))  # the API shows it: a URL in it loses its password
             log.error("worker %s: stream %s cannot start: %s", self.worker_id, sid, error)
             await self._mark_failed(sid, error)

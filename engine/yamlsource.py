@@ -217,6 +217,8 @@ def apply_override(doc: SourcedDoc, assignment: str) -> None:
             node = node[key]
     for known in [k for k in doc.origins if k[: len(path)] == tuple(path)]:
         del doc.origins[known]
+    for known in [k for k in doc.from_env if k[: len(path)] == tuple(path)]:
+        del doc.from_env[known]  # the value is the --set's now, not the environment's
     doc.origins[tuple(path)] = origin
 
 

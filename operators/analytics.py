@@ -174,10 +174,11 @@ class ZoneAnalytics(Operator[ZonesConfig]):
     def _update(self, state: _Stream, frame: Frame) -> list[dict[str, Any]]:
         now = frame.capture_ns
         det = frame.detections
-        if det is None or det.degraded:  # the detector is blind: nobody left, like the tracker
+        ended = {int(e["track_id"]) for e in frame.events if e.get("type") == "track.end"}
+        if det is None or det.degraded:  # the detector is blind: nobody left, like the tracker ...
             if state.blind_since_ns is None:
                 state.blind_since_ns = now
-            return []
+            return self._leave(state, ended, now)  # ... but a track it ended (stream end) leaves
         if state.blind_since_ns is not None:  # seeing again: the blind time does not count as unseen
             for track in state.tracks.values():
                 track.last_seen_ns += now - state.blind_since_ns
@@ -193,9 +194,14 @@ class ZoneAnalytics(Operator[ZonesConfig]):
                 events.extend(self._zone(track, tid, zid, bool(inside[zid][i]), now))
             for line in state.lines:
                 events.extend(self._line(track, tid, line, point))
-        ended = {int(e["track_id"]) for e in frame.events if e.get("type") == "track.end"}
         timeout_ns = int(self.config.track_timeout_s * 1e9)
-        for tid in [t for t, tr in state.tracks.items() if t in ended or now - tr.last_seen_ns > timeout_ns]:
+        gone = {t for t, tr in state.tracks.items() if t in ended or now - tr.last_seen_ns > timeout_ns}
+        return events + self._leave(state, gone, now)
+
+    def _leave(self, state: _Stream, tids: set[int], now: int) -> list[dict[str, Any]]:
+        """Tracks that ended or vanished leave their zones and are forgotten."""
+        events: list[dict[str, Any]] = []
+        for tid in sorted(tids & set(state.tracks)):
             for zid in list(state.tracks[tid].zones):
                 events.extend(self._zone(state.tracks[tid], tid, zid, False, now))
             del state.tracks[tid]

@@ -267,7 +267,8 @@ class KafkaSink(Operator[KafkaSinkConfig]):
     def __init__(self, config: KafkaSinkConfig, ctx: OperatorContext) -> None:
         super().__init__(config, ctx)
         self._watch = DegradationWatch(ctx.graph_name)
-        self._lost: set[str] = set()  # streams whose source said LOST and has not (re)connected since
+        # stream -> [at_ns of the last LOST, connected_ns of the last (re)connect] published
+        self._seen: dict[str, list[int]] = {}
         self._publisher: Publisher | None = None
         self._secret_filter = SecretFilter(config.secrets())
         self._quiet_filter = QuietFilter()
@@ -341,24 +342,28 @@ class KafkaSink(Operator[KafkaSinkConfig]):
     async def on_stream_start(self, info: StreamInfo) -> None:
         # stamped when the source connected: the start reaches this sink after the nodes before it
         # set the stream up, by when its first frames have been captured
-        self._lost.discard(info.stream_id)
+        self._seen[info.stream_id] = [0, info.connected_ns or 0]
         await self._health(info.stream_id, "connected", at_ns=info.connected_ns)
 
     async def on_stream_lost(self, stream_id: str, reason: str, at_ns: int) -> None:
-        # once per outage: a stream that reaches this sink on two edges sends it twice; stamped
-        # when the source noticed, not when the notice got through the queues to this sink
-        if stream_id not in self._lost:
-            self._lost.add(stream_id)
+        # once per outage, stamped when the source noticed (not when the notice got through the
+        # queues): a stream reaching this sink on two edges brings each notice twice, maybe late
+        seen = self._seen.setdefault(stream_id, [0, 0])
+        if at_ns > seen[0]:
+            seen[0] = at_ns
             await self._health(stream_id, "reconnecting", reason, at_ns=at_ns)
 
     async def on_stream_reset(self, info: StreamInfo) -> Sequence[Item]:
-        self._lost.discard(info.stream_id)
-        await self._health(info.stream_id, "connected", "reconnected", at_ns=info.connected_ns)
+        seen = self._seen.setdefault(info.stream_id, [0, 0])
+        connected_ns = info.connected_ns or 0
+        if connected_ns == 0 or connected_ns > seen[1]:
+            seen[1] = connected_ns
+            await self._health(info.stream_id, "connected", "reconnected", at_ns=info.connected_ns)
         return ()
 
     async def on_stream_end(self, stream_id: str) -> Sequence[Item]:
         self._watch.forget(stream_id)
-        self._lost.discard(stream_id)
+        self._seen.pop(stream_id, None)
         # the source's own words: "end of file", "stopped", or why it gave up (scrubbed)
         await self._health(
             stream_id,

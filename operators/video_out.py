@@ -334,7 +334,9 @@ class RtspSink(_VideoSink):
             self.wall0[stream_id] = now - t_s
 
     async def on_stream_end(self, stream_id: str) -> Sequence[Item]:
-        self.wall0.pop(stream_id, None)
+        for state in (self.wall0, self.next_try, self.t0):
+            state.pop(stream_id, None)
+        self.down.discard(stream_id)
         return await super().on_stream_end(stream_id)
 
     def write(self, frame: Frame, t_s: float) -> bool:

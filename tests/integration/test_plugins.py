@@ -139,3 +139,22 @@ def test_a_plugin_failing_in_its_setup_stops_the_run_with_one_line(
         in done.stderr
     )
     assert "Traceback" not in done.stderr
+
+
+def test_a_plugin_file_named_like_a_framegraph_package_does_not_replace_it(tmp_path: Path) -> None:
+    """A user's `operators.py` must not shadow framegraph's `operators` package."""
+    mine = tmp_path / "operators.py"
+    mine.write_text(PLUGIN)
+    done = framegraph("validate", "graphs/face_detect.yaml", "--plugin", mine)
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_plugin_module_missing_a_dependency_names_the_dependency(tmp_path: Path) -> None:
+    (tmp_path / "nodep_ops.py").write_text("import nodep\n")  # 'nodep' is a prefix of the plugin's name
+    script = Path(sys.executable).parent / "framegraph"
+    done = subprocess.run(
+        [str(script), "schema", "--plugin", "nodep_ops"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "plugin 'nodep_ops' failed to import: ModuleNotFoundError: No module named 'nodep'" in done.stderr

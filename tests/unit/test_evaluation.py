@@ -272,3 +272,24 @@ def test_a_small_golden_frame_holds_only_faces_that_fit() -> None:
         assert (boxes[:, [0, 1]] >= 0).all()
         assert (boxes[:, 2] <= 640).all()
         assert (boxes[:, 3] <= 384).all()
+
+
+async def test_the_leak_judge_does_not_count_a_withheld_frame_as_written() -> None:
+    """redact passes a withheld frame on (covered, for its audit event); no video sink writes it,
+    so the eval must count it withheld, not judge it as an output with no faces."""
+    from engine.evaluation import LeakCollector, LeakConfig
+    from engine.frame import Frame
+    from engine.metrics import NodeMetrics
+    from engine.registry import OperatorContext
+
+    judge = LeakCollector(LeakConfig(), OperatorContext("leaks", NodeMetrics("leaks")))
+    judge.detect = lambda image: np.zeros((0, 4), np.float32)  # type: ignore[method-assign]
+    withheld = Frame(
+        "cam0", 0, 0, 0, np.zeros((8, 8, 3), np.uint8), meta={"image_id": 1, "redaction": "withheld"}
+    )
+    written = Frame(
+        "cam0", 1, 1, 0, np.zeros((8, 8, 3), np.uint8), meta={"image_id": 2, "redaction": "redacted"}
+    )
+    await judge.process(withheld)
+    await judge.process(written)
+    assert set(judge.found) == {2}

@@ -170,6 +170,38 @@ def test_a_bad_setting_a_cycle_and_a_wrong_input_are_reported_in_one_go() -> Non
     ]
 
 
+def test_a_knot_of_two_cycles_names_both_without_a_traceback() -> None:
+    found = errors_of(
+        graph(
+            DETECT[0],
+            "{id: a, op: preprocess.cpu, inputs: [decode, b, c]}",
+            "{id: b, op: preprocess.cpu, inputs: [a]}",
+            "{id: c, op: preprocess.cpu, inputs: [a]}",
+            "{id: out, op: sink.null, inputs: [a]}",
+        )
+    )
+    assert found == [
+        "g.yaml:6: nodes.1.inputs: cycle a -> b -> a: a graph must be acyclic",
+        "g.yaml:6: nodes.1.inputs: cycle a -> c -> a: a graph must be acyclic",
+    ]
+
+
+def test_an_input_named_twice_says_so_and_a_bad_config_gives_no_second_error() -> None:
+    found = errors_of(
+        graph(
+            DETECT[0],
+            "{id: pre, op: preprocess.cpu, inputs: [decode]}",
+            "{id: detect, op: infer.triton, inputs: [pre], config: [model, centerface]}",
+            "{id: out, op: sink.null, inputs: [detect, decode, decode]}",
+        )
+    )
+    assert found == [
+        "g.yaml:7: nodes.2.config: must be a mapping of fields (key: value), got a list",
+        "g.yaml:8: nodes.3.inputs.2: input 'decode' is given twice (it is named already): every item "
+        "would arrive twice",
+    ]
+
+
 def test_redact_and_tracker_need_detections() -> None:
     found = errors_of(graph(DETECT[0], "{id: redact, op: redact, inputs: [decode]}"))
     assert "redact takes frames with detections" in found[0]

@@ -177,7 +177,8 @@ async def test_an_outage_is_said_when_it_starts_once_and_its_end_when_the_camera
     await sink.on_stream_lost("cam0", "cam0: rtsp://***@10.0.0.5/x disconnected", lost_ns)
     await sink.on_stream_lost("cam0", "cam0: rtsp://***@10.0.0.5/x disconnected", lost_ns)  # a 2nd edge
     await sink.on_stream_reset(StreamInfo("cam0", connected_ns=1_700_000_060_000_000_000))
-    await sink.on_stream_lost("cam0", "cam0: cannot open rtsp://***@10.0.0.5/x: Connection refused", lost_ns)
+    later_ns = lost_ns + 60_000_000_000  # a second outage
+    await sink.on_stream_lost("cam0", "cam0: cannot open rtsp://***@10.0.0.5/x: Connection refused", later_ns)
     await sink.on_stream_end("cam0")
     assert [(e["status"], e["reason"]) for e in published] == [
         ("connected", ""),
@@ -210,3 +211,60 @@ async def test_an_rtsp_camera_that_never_answers_says_lost_once_then_ends() -> N
     assert sent[0].reason.startswith("cam0: cannot open rtsp://***@127.0.0.1:9/x")
     assert sent[1].reason.startswith("cam0: gave up after 3 reconnects")
     assert "s3cret" not in sent[0].reason + sent[1].reason
+
+
+async def test_an_outage_reaching_the_sink_on_two_edges_is_said_once() -> None:
+    """LOST and RESET arrive once per input edge, one edge late: one outage, one reconnecting."""
+    import asyncio
+
+    import numpy as np
+
+    from engine.frame import Control, ControlKind, Frame, now_ns
+    from engine.registry import Emit, Source, register
+    from engine.testing import SyntheticConfig, run_graph
+
+    published: list[tuple[str, str]] = []
+
+    @register("test.outage")
+    class Outage(Source[SyntheticConfig]):
+        Config = SyntheticConfig
+
+        async def run(self, emit: Emit) -> None:
+            sid = self.ctx.stream_id
+            await emit(Control(ControlKind.START, sid, StreamInfo(sid, width=8, height=8)))
+            for seq in range(20):
+                if seq == 10:
+                    await emit(Control(ControlKind.LOST, sid, reason="cam0: gone"))
+                    await asyncio.sleep(0.01)
+                    await emit(Control(ControlKind.RESET, sid, StreamInfo(sid, width=8, height=8)))
+                await emit(Frame(sid, seq, seq, now_ns(), np.zeros((8, 8, 3), np.uint8)))
+            await emit(Control(ControlKind.END, sid))
+
+    @register("test.kafka_capture")
+    class Capture(KafkaSink):
+        async def setup(self) -> None:
+            return None
+
+        async def teardown(self) -> None:
+            return None
+
+        async def _publish(self, events: list[dict[str, object]], frame: object = None) -> None:
+            published.extend(
+                (str(e["status"]), str(e["reason"])) for e in events if e["type"] == "stream.health"
+            )
+
+    graph = """
+name: t
+sources: [{id: cam0, url: x, op: test.outage}]
+nodes:
+  - {id: fast, op: test.slow, inputs: [sources], config: {delay_ms: 0}}
+  - {id: slow, op: test.slow, inputs: [sources], config: {delay_ms: 5}}
+  - {id: out, op: test.kafka_capture, inputs: [fast, slow], config: {bootstrap: "a:1"}}
+"""
+    await run_graph(graph)
+    assert published == [
+        ("connected", ""),
+        ("reconnecting", "cam0: gone"),
+        ("connected", "reconnected"),
+        ("ended", ""),
+    ]

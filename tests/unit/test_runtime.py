@@ -398,3 +398,22 @@ async def test_sibling_branches_each_get_a_frame_of_their_own() -> None:
             assert frame.events == [{"type": "tag", "by": branch}]
     for nid in ("a", "b", "out_a", "out_b"):
         assert summary["nodes"][nid]["queue_wait_ms"]["p50"] >= 0  # each edge times its own wait
+
+
+async def test_a_third_branch_gets_a_clean_frame_while_a_full_queue_holds_the_second() -> None:
+    """Copies made after a put had waited on a full queue took what the first branch had set
+    meanwhile: 49 of 50 frames of the third branch carried the first branch's tags."""
+    nodes = "\n".join(
+        [
+            "  - {id: t, op: test.tag, inputs: [sources], config: {delay_ms: 0}}",  # tags at once
+            "  - {id: b, op: test.slow, inputs: [{from: sources, queue: {size: 1, policy: block}}],"
+            " config: {delay_ms: 2}}",
+            "  - {id: c, op: test.collect, inputs: [sources]}",
+            "  - {id: out_t, op: test.collect, inputs: [t]}",
+            "  - {id: out_b, op: test.collect, inputs: [b]}",
+        ]
+    )
+    runtime, _ = await run_graph(graph(synthetic(1, 50), nodes))
+    third: Any = runtime.operator("c")
+    assert len(third.items) == 50
+    assert [f.seq for f in third.items if f.tensor is not None or f.events or f.meta] == []

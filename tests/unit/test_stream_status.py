@@ -188,6 +188,10 @@ async def test_a_worker_hands_a_failed_stream_back_and_tries_it_again_later(tmp_
         assert shown["state"] == "failed"
         assert shown["error"] == "cannot reach rtsp://***@10.0.0.1/live"
         assert 0 < shown["retry_in_s"] <= 1.5
+        await wait_for(lambda: "bad" in worker.held_failed)  # /metrics still says the camera is down
+        metrics = (await client.get("/metrics")).text
+        assert 'framegraph_stream_up{graph="t",stream="bad"} 0.0' in metrics
+        assert 'framegraph_stream_state{graph="t",state="failed",stream="bad"} 1.0' in metrics
         await asyncio.sleep(0.6)
         assert RaisingSource.runs == 1  # held back meanwhile
         await wait_for(lambda: RaisingSource.runs == 2, timeout_s=5)  # then tried again

@@ -289,3 +289,18 @@ def test_a_misspelt_set_path_is_named_as_the_set_not_the_file_line(tmp_path: obj
     assert [str(i) for i in info.value.issues] == [
         "--set nodes.decode.confg.threads: nodes.0.confg: unknown field; did you mean 'config'?"
     ]
+
+
+def test_a_set_value_is_not_said_to_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FG_TEST_THREADS", "2")
+    text = GOOD.replace(
+        "    inputs: [sources]", "    inputs: [sources]\n    config: {threads: '${env:FG_TEST_THREADS}'}"
+    )
+    doc = yamlsource.load_text(text, "g.yaml")
+    yamlsource.apply_override(doc, "nodes.decode.config.threads=many")
+    with pytest.raises(GraphConfigError) as info:
+        build_plan(doc)
+    (issue,) = [str(i) for i in info.value.issues]
+    assert "threads" in issue
+    assert "environment" not in issue
+    assert "${env:" not in issue

@@ -175,3 +175,14 @@ async def test_a_blind_detector_does_not_make_tracks_leave_their_zones() -> None
     # one visit: no leave while blind, no second enter; it stayed 0.9 s, so it dwelled (0.5 s)
     assert [(s, e["type"]) for s, e in got] == [(0, "zone.enter"), (9, "zone.dwell")]
     assert op._streams["cam0"].tracks.keys() == {1}
+
+
+async def test_a_track_ended_on_a_blind_frame_still_leaves_its_zone() -> None:
+    """At a stream's end the tracker puts track.end on its held last frame, which may be blind."""
+    op = make_op()
+    last = Frame(
+        "cam0", 1, 1, 100_000_000, np.zeros((480, 640, 3), np.uint8),
+        detections=Detections.unavailable(), events=[{"type": "track.end", "track_id": 1}],
+    )  # fmt: skip
+    got = await run(op, [frame(0, {1: (150, 150)}), last])
+    assert [(s, e["type"]) for s, e in got] == [(0, "zone.enter"), (1, "zone.leave")]
