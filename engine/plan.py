@@ -14,6 +14,7 @@ from pydantic import BaseModel, ValidationError
 from engine import device as devices
 from engine import yamlsource
 from engine.config_issues import issues_of
+from engine.cycles import find_cycles, kahn
 from engine.errors import ConfigIssue, FramegraphError, GraphConfigError
 from engine.kinds import KindNode, check_kinds
 from engine.registry import Operator, Source, known_names, resolve
@@ -456,24 +457,9 @@ def _topological(doc: SourcedDoc, spec: GraphSpec, edges: list[Edge], issues: li
             reason = f"cycle {' -> '.join(cycle)}: a graph must be acyclic"
             issues.append(doc.issue(("nodes", node_ids.index(cycle[0]), "inputs"), reason))
         return []
-    order = _kahn(node_ids, downstream)
+    order = kahn(node_ids, downstream)
     if not any(e.src in {s.id for s in spec.sources} for e in edges) and not issues:
         issues.append(doc.issue(("nodes",), "no node reads from a source"))
-    return order
-
-
-def _kahn(node_ids: list[str], downstream: dict[str, list[str]]) -> list[str]:
-    """Node ids in topological order, ties in file order (nodes on a cycle are left out)."""
-    waiting = {n: sum(n in downstream[u] for u in node_ids) for n in node_ids}
-    order: list[str] = []
-    ready = [n for n in node_ids if not waiting[n]]
-    while ready:
-        current = ready.pop(0)
-        order.append(current)
-        for n in downstream[current]:
-            waiting[n] -= 1
-            if not waiting[n]:
-                ready.append(n)
     return order
 
 
@@ -499,71 +485,9 @@ def without_cycles(spec: GraphSpec, edges: list[Edge]) -> tuple[list[Edge], list
         cycles += found
         on_cycle = [list(itertools.pairwise(c)) for c in found]  # the cycle's own edges
         kept = [e for e in kept if not any((e.src, e.dst) in hops for hops in on_cycle)]
-    order = _kahn(node_ids, acyclic)
+    order = kahn(node_ids, acyclic)
     placed = set(order)
     return [e for e in kept if e.dst in placed and (e.src in placed or e.src not in acyclic)], order, cycles
-
-
-def find_cycles(nodes: list[str], downstream: dict[str, list[str]]) -> list[list[str]]:
-    """One cycle per strongly connected component that has one (Tarjan), as a path from its first
-    node in `nodes` order back to it: ['a', 'b', 'a']. Nodes that only hang off a cycle are not named."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    on_stack: set[str] = set()
-    components: list[set[str]] = []
-
-    def visit(v: str) -> None:
-        index[v] = low[v] = len(index)
-        stack.append(v)
-        on_stack.add(v)
-        for w in downstream[v]:
-            if w not in index:
-                visit(w)
-                low[v] = min(low[v], low[w])
-            elif w in on_stack:
-                low[v] = min(low[v], index[w])
-        if low[v] == index[v]:
-            component: set[str] = set()
-            while True:
-                w = stack.pop()
-                on_stack.discard(w)
-                component.add(w)
-                if w == v:
-                    break
-            if len(component) > 1 or v in downstream[v]:
-                components.append(component)
-
-    for v in nodes:
-        if v not in index:
-            visit(v)
-    cycles = []
-    for component in components:
-        first = next(n for n in nodes if n in component)
-        cycles.append(_path_back(first, component, downstream))
-    return sorted(cycles, key=lambda c: nodes.index(c[0]))
-
-
-def _path_back(start: str, component: set[str], downstream: dict[str, list[str]]) -> list[str]:
-    """The shortest path start -> ... -> start inside a strongly connected component (BFS)."""
-    came_from: dict[str, str] = {}
-    frontier = [start]
-    while frontier:
-        nxt: list[str] = []
-        for v in frontier:
-            for w in downstream[v]:
-                if w not in component:
-                    continue
-                if w == start:
-                    path = [v]
-                    while path[-1] != start:
-                        path.append(came_from[path[-1]])
-                    return [start, *reversed(path[:-1]), start] if v != start else [start, start]
-                if w not in came_from:
-                    came_from[w] = v
-                    nxt.append(w)
-        frontier = nxt
-    return [start, start]
 
 
 def _output_file(node: NodePlan) -> str | None:
